@@ -1,0 +1,1 @@
+"""kdsr_jax.data."""

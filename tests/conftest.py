@@ -1,0 +1,30 @@
+"""Shared test setup: simulated CPU devices, fixture paths, float32 exactness."""
+
+import os
+import pathlib
+
+# Must happen before jax is imported anywhere: lets sharding tests use 8 CPU devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    """Directory of the official-PyTorch parity fixtures (../shared/fixtures).
+
+    Users without the fixtures get a skip; CI (CI=true) must have them, so there a
+    missing directory is a failure, never a silent skip.
+    """
+    if not FIXTURES.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"parity fixtures missing at {FIXTURES} (required in CI)")
+        pytest.skip(f"parity fixtures not found at {FIXTURES}")
+    return FIXTURES
