@@ -1,1 +1,77 @@
-"""kdsr_jax.models."""
+"""kdsr_jax.models: Flax (linen) KDSR networks, NHWC.
+
+* `build_model(spec, dtype)` -> a `flax.linen.Module` with a `.spec` attribute:
+  `StudentSR`, `TeacherSR` (reference/ARCHITECTURE.md §2-§4) or `UNetDiscriminatorSN`
+  (§7.4). `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+* `init_variables(spec, key, lr_hw)` -> variables: `{'params': {'G', 'E'}}` for SR
+  models, `{'params', 'spectral'}` for the discriminator.
+* `count_params(variables_or_shapes)`: number of trainable parameters. The official
+  torch count additionally includes the 24 frozen MeanShift values
+  (`MEANSHIFT_TORCH_PARAMS`), which are constants here.
+
+Usage:
+    student: `model.apply(v, lr)`, `model.apply(v, lr, return_features=True)` ->
+             `(sr, {'idr': (B, C), 'fea': (B, 4C)})`, `model.apply(v, lr, method='encode')`
+    teacher: the same with `(lr, hr)`.
+    D:       `model.apply(v, x)`; `model.apply(v, x, train=True, mutable=['spectral'])`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kdsr_jax.models.discriminator import UNetDiscriminatorSN
+from kdsr_jax.models.kdsr import StudentSR, TeacherSR
+from kdsr_jax.models.spec import PRESETS, ModelSpec, preset
+
+# Two frozen MeanShift 1x1 convs (3x3 weight + 3 bias each) that torch counts as
+# parameters (reference §6 "MeanShift x2 = 24"); here they are constants.
+MEANSHIFT_TORCH_PARAMS = 24
+
+__all__ = ["ModelSpec", "preset", "PRESETS", "build_model", "init_variables",
+           "count_params", "torch_param_count", "StudentSR", "TeacherSR",
+           "UNetDiscriminatorSN", "MEANSHIFT_TORCH_PARAMS"]
+
+
+def build_model(spec: ModelSpec, dtype=jnp.float32):
+    """The Flax module for `spec` (compute dtype `dtype`, float32 parameters)."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"build_model expects a ModelSpec, got {type(spec).__name__}")
+    if spec.kind == "student":
+        return StudentSR(spec, dtype)
+    if spec.kind == "teacher":
+        return TeacherSR(spec, dtype)
+    return UNetDiscriminatorSN(spec, dtype)
+
+
+def example_inputs(spec: ModelSpec, lr_hw=(16, 16), batch: int = 1):
+    """Zero inputs of the right shapes for `spec` (a tuple of positional args).
+    For the discriminator `lr_hw` is the size of the image it judges."""
+    h, w = lr_hw
+    lr = jnp.zeros((batch, h, w, 3), jnp.float32)
+    if spec.kind == "teacher":
+        return (lr, jnp.zeros((batch, h * spec.scale, w * spec.scale, 3), jnp.float32))
+    return (lr,)
+
+
+def init_variables(spec: ModelSpec, key: jax.Array, lr_hw=(16, 16)):
+    """Freshly initialised variables (PyTorch default init) for `spec`."""
+    model = build_model(spec)
+    return dict(model.init({"params": key}, *example_inputs(spec, lr_hw)))
+
+
+def count_params(variables) -> int:
+    """Number of trainable parameters (leaves of variables['params']); works on
+    arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`)."""
+    params = variables["params"] if "params" in variables else variables
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+def torch_param_count(spec: ModelSpec) -> int:
+    """The parameter count the official torch module reports (`sum(p.numel())`),
+    computed without allocating: our trainable count + the 24 MeanShift constants for
+    SR models (reference §6)."""
+    shapes = jax.eval_shape(lambda k: init_variables(spec, k), jax.random.key(0))
+    n = count_params(shapes)
+    return n if spec.kind == "discriminator" else n + MEANSHIFT_TORCH_PARAMS
