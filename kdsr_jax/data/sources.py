@@ -182,7 +182,9 @@ class HRSource:
 class ArraySource(HRSource):
     """In-memory images (the bundled photos, tests)."""
 
-    def __init__(self, items: list[tuple[str, np.ndarray]], *, min_size: int = 0):
+    def __init__(self, items: list[tuple[str, np.ndarray]], *, min_size: int = 0,
+                 label: str = "in-memory images"):
+        self.label = label
         keep, skipped = [], {}
         for name, img in items:
             if min(img.shape[:2]) < (min_size or 0):
@@ -192,6 +194,9 @@ class ArraySource(HRSource):
                 keep.append((name, _as_rgb_uint8(np.asarray(img), name)))
         self._arrays = [img for _, img in keep]
         super().__init__([name for name, _ in keep], min_size=min_size, cache_mb=0, skipped=skipped)
+
+    def describe(self) -> str:
+        return self.label
 
     def _decode(self, index: int) -> np.ndarray:
         return self._arrays[index]
@@ -300,7 +305,8 @@ def _open_tfds(name: str, split: str, data_dir: str | None):
 
 def bundled_source(split: str = "train", *, min_size: int = 0) -> ArraySource:
     """The scikit-image photos of `split` (see `samples`)."""
-    return ArraySource(samples.bundled_images(split), min_size=min_size)
+    return ArraySource(samples.bundled_images(split), min_size=min_size,
+                       label=f"bundled photos ({split})")
 
 
 def make_source(data_cfg, *, min_size: int | None = None) -> HRSource:
