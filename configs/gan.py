@@ -1,0 +1,33 @@
+"""KDSRGAN_S (GAN side, stage 3), reference/TRAINING.md §2.5.
+
+Starts from a KDSRNet_S checkpoint (`--config.student=PATH`, EMA weights) with the frozen
+teacher from `--config.teacher=PATH`. G loss = L1 + KD + perceptual (VGG19) + vanilla
+GAN, all weight 1; U-Net discriminator with spectral norm, Adam(0.9, 0.99) 1e-4 for G
+and D, 400k iterations, EMA 0.999. The VGG19 weights are torchvision's ImageNet
+`vgg19-dcbb9e9d.pth`, given with `--config.perceptual.vgg_path=PATH`.
+
+Variants: `v2` (KDSR-GANV2: the teacher sees the USM-sharpened GT), `demo`.
+"""
+
+import ml_collections
+
+from kdsr_jax.train import config_base
+
+
+def get_config(arg=None):
+    variants = config_base.parse_arg(arg, ("v2", "demo"))
+    c = config_base.gan_stage("gan", variants)
+    c.schedule.kind = "iteration"
+    c.schedule.lr = 1e-4
+    c.schedule.gamma = 0.5
+    c.schedule.decay_steps = 400_000    # 5e-5 only at the final iteration 400k
+    c.d_lr = 1e-4                        # D lr stays 1e-4 for the whole run
+    c.usm_teacher_gt = "v2" in variants  # V2: teacher's HR input is USM(gt)
+    c.gan_weight = 1.0
+    c.perceptual = ml_collections.ConfigDict(dict(
+        vgg_path="",
+        weight=1.0,
+        layer_weights=dict(conv1_2=0.1, conv2_2=0.1, conv3_4=1.0, conv4_4=1.0, conv5_4=1.0)))
+    if "demo" not in variants:
+        c.total_steps = 400_000
+    return c

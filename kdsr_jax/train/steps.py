@@ -1,0 +1,124 @@
+"""Pure training steps of every KDSR stage: `step(state, batch, frozen) -> (state, metrics)`.
+
+* classic teacher (reference/TRAINING.md §1.4): LR synthesised from the HR batch inside
+  the step (`degradation.classic.degrade`, one kernel/noise level per global batch), L1.
+* classic student (§1.5): frozen teacher encoder features T, student (sr, S);
+  L1 + KD. With an encoder-only warm-up (aniso, §1.5) the loss is KD only and the
+  generator gets no update (neither parameters nor its Adam state move).
+* GAN teacher / student (§2.3-2.4): Real-ESRGAN second-order degradation + training-pair
+  pool in the step; L1 (+ KD); EMA 0.999 of G.
+* KDSRGAN_S (§2.5): G step (L1 + KD + perceptual + GAN, D frozen) then D step
+  (real/fake BCE), EMA; V2: the teacher sees the USM-sharpened GT.
+
+`batch = {'hr': uint8 (B, P, P, 3)}`; `frozen = {'teacher': variables, 'vgg': params}`
+(only what the stage needs). Random numbers come from `fold_in(state.rng, state.step)`:
+the step is one SPMD program over the global batch, so its draws do not depend on how
+many devices or hosts run it (per-device streams would break that equivalence).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from kdsr_jax.train import losses, schedules
+from kdsr_jax.train.state import TrainState, adam
+
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[TrainState, dict, dict], tuple[TrainState, Metrics]]
+
+
+def _to_float(images: jax.Array) -> jax.Array:
+    """uint8 batch -> float32 in [0,1] (multiples of 1/255, TRAINING.md §1.1)."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def _adam_apply(tx, params, grads, opt_state, lr):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    return params, opt_state
+
+
+def _apply_groups(tx, params, grads, opt_states, lr, groups=("G", "E")):
+    """Adam per parameter group; groups not listed keep parameters and Adam state."""
+    new_params, new_opt = dict(params), dict(opt_states)
+    for g in groups:
+        new_params[g], new_opt[g] = _adam_apply(tx, params[g], grads[g], opt_states[g], lr)
+    return new_params, new_opt
+
+
+def ema_update(ema, params, decay: float):
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ (BasicSR model_ema, TRAINING.md §2.2)."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def _classic_lr(key, hr, cfg):
+    from kdsr_jax.degradation import classic
+
+    return classic.degrade(key, hr, cfg)
+
+
+def make_classic_step(config: ml_collections.ConfigDict, model, teacher=None) -> StepFn:
+    """Stage 3 (teacher) or stage 4 (student) of KDSR-classic."""
+    schedule = schedules.from_config(config.schedule)
+    tx = adam(config.optimizer)
+    deg_cfg = config.degradation
+    temperature = config.kd.temperature
+    kd_weight = config.kd.weight
+    is_student = config.stage == "student"
+    enc_steps = 0
+    if is_student and config.schedule.kind == "classic_epoch":
+        enc_steps = config.schedule.encoder_epochs * config.schedule.steps_per_epoch
+
+    def step(state: TrainState, batch, frozen):
+        key = jax.random.fold_in(state.rng, state.step)
+        hr = _to_float(batch["hr"])                              # (B, sP, sP, 3)
+        lr_img = jax.lax.stop_gradient(_classic_lr(key, hr, deg_cfg))   # (B, P, P, 3)
+        lr = schedule(state.step)
+
+        if not is_student:
+            def loss_fn(p):
+                sr = model.apply({"params": p}, lr_img, hr)
+                l1 = losses.l1(sr, hr)
+                return l1, {"l1": l1}
+        else:
+            _, t_fea = jax.lax.stop_gradient(
+                teacher.apply(frozen["teacher"], lr_img, hr, method="encode"))
+
+            def loss_fn(p):
+                sr, feats = model.apply({"params": p}, lr_img, return_features=True)
+                l1 = losses.l1(sr, hr)
+                kd = losses.kd(t_fea, feats["fea"], temperature)
+                return l1 + kd_weight * kd, {"l1": l1, "kd": kd}
+
+            def enc_loss_fn(p_e, p_g):
+                _, s_fea = model.apply({"params": {"G": p_g, "E": p_e}}, lr_img,
+                                       method="encode")
+                kd = losses.kd(t_fea, s_fea, temperature)
+                return kd_weight * kd, {"l1": jnp.zeros(()), "kd": kd}
+
+        def full_update(state):
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            params, opt = _apply_groups(tx, state.params, grads, state.opt_state, lr)
+            return params, opt, loss, aux
+
+        def encoder_update(state):
+            (loss, aux), g_e = jax.value_and_grad(enc_loss_fn, has_aux=True)(
+                state.params["E"], state.params["G"])
+            params, opt = _apply_groups(tx, state.params, {"E": g_e}, state.opt_state, lr,
+                                        groups=("E",))
+            return params, opt, loss, aux
+
+        if enc_steps > 0:
+            params, opt, loss, aux = jax.lax.cond(
+                state.step < enc_steps, encoder_update, full_update, state)
+        else:
+            params, opt, loss, aux = full_update(state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt)
+        return new_state, {"loss": loss, "lr": lr, **aux}
+
+    return step
