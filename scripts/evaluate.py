@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Benchmark a KDSR student (or a teacher, given the HR) with the paper's protocols
+(reference/EVALUATION.md; implementation in kdsr_jax/evaluate/protocol.py).
+
+  python scripts/evaluate.py --checkpoint KDSRsM_iso_x4.pt --data benchmark/ \
+      --protocol iso --datasets Set5,Set14 --output results/iso
+  python scripts/evaluate.py --checkpoint WORKDIR --data benchmark/ --protocol aniso \
+      --lambda1 3.5 --lambda2 1.5 --theta 30 --noise 10 --datasets Set14
+  python scripts/evaluate.py --checkpoint KDSRS-GAN.pth --protocol paired \
+      --lr NTIRE2020/track1-valid-input --gt NTIRE2020/track1-valid-gt
+
+Prints one row per method (Bicubic, KDSR) with 'PSNR / SSIM' per dataset and writes
+<output>.json (means + per-image values) and <output>.csv (means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="training workdir, converted dir, or official .pth/.pt")
+    p.add_argument("--protocol", choices=("iso", "aniso", "paired"), default="iso")
+    p.add_argument("--data", help="root with <name>/HR/*.png folders (iso/aniso)")
+    p.add_argument("--datasets", default="",
+                   help="comma-separated dataset names (default: all subfolders)")
+    p.add_argument("--lambda1", type=float, default=3.5)
+    p.add_argument("--lambda2", type=float, default=1.5)
+    p.add_argument("--theta", type=float, default=30.0, help="degrees")
+    p.add_argument("--noise", type=float, default=None,
+                   help="noise level in 0-255 units (aniso default 10, iso 0)")
+    p.add_argument("--lr", help="paired: LR folder")
+    p.add_argument("--gt", help="paired: GT folder")
+    p.add_argument("--name", default="paired", help="paired: dataset name in the table")
+    p.add_argument("--output", default="", help="stem for <output>.json and .csv")
+    p.add_argument("--bucket", type=int, default=32,
+                   help="LR canvas sides are rounded up to this multiple (compile reuse)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-images", type=int, default=0, help="first N images per dataset")
+    p.add_argument("--no-bicubic", action="store_true", help="skip the Bicubic row")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    return p.parse_args(argv)
+
+
+def run(args) -> int:
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    from kdsr_jax import checkpoints
+    from kdsr_jax.evaluate import protocol, tiling
+
+    if args.bucket < 1 or args.batch_size < 1:
+        raise ValueError("--bucket and --batch-size must be >= 1")
+    model, variables = checkpoints.load(args.checkpoint)
+    if model.spec.kind == "discriminator":
+        raise ValueError(f"{args.checkpoint}: a discriminator, not an SR model")
+    runner = tiling.Runner(model, variables, jnp.dtype(args.dtype))
+    scale = runner.scale
+    if args.protocol == "paired":
+        if not (args.lr and args.gt):
+            raise ValueError("--protocol paired needs --lr DIR and --gt DIR")
+        n = len(__import__("kdsr_jax.data.images", fromlist=["x"]).list_images(args.lr, False))
+        with tqdm(total=n, desc="images", unit="img", file=sys.stderr) as bar:
+            result = protocol.evaluate_paired(runner, args.lr, args.gt, name=args.name,
+                                              bucket=args.bucket, batch_size=args.batch_size,
+                                              progress=bar.update,
+                                              with_bicubic=not args.no_bicubic)
+    else:
+        if not args.data:
+            raise ValueError(f"--protocol {args.protocol} needs --data ROOT")
+        names = [n for n in args.datasets.split(",") if n]
+        datasets = protocol.discover_datasets(args.data, names or None)
+        if args.protocol == "iso":
+            degs = protocol.iso_degradations(scale)
+            if args.noise:
+                degs = [protocol.Degradation("iso_gaussian", sig=d.sig, noise=args.noise)
+                        for d in degs]
+        else:
+            noise = protocol.ANISO_DEFAULT["noise"] if args.noise is None else args.noise
+            degs = [protocol.aniso_degradation(args.lambda1, args.lambda2, args.theta, noise)]
+        total = sum(min(len(p), args.max_images or len(p)) for _, p in datasets) * len(degs)
+        with tqdm(total=total, desc="images", unit="img", file=sys.stderr) as bar:
+            result = protocol.evaluate_synthetic(runner, datasets, degs, bucket=args.bucket,
+                                                 batch_size=args.batch_size,
+                                                 max_images=args.max_images,
+                                                 progress=bar.update,
+                                                 with_bicubic=not args.no_bicubic)
+    result.update(checkpoint=os.path.abspath(args.checkpoint), protocol=args.protocol,
+                  scale=scale, model=model.spec.to_dict(), dtype=args.dtype)
+    print(f"x{scale} {args.protocol} ({'; '.join(result['degradations'][:1])}"
+          f"{' ...' if len(result['degradations']) > 1 else ''}) — {result['metrics']}")
+    print(protocol.format_table(result))
+    if args.output:
+        for path in protocol.write_outputs(result, args.output):
+            print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
