@@ -1,0 +1,159 @@
+"""scripts/upscale.py: tiled student upscaling of files/folders, alpha and 16-bit
+handling, atomic outputs and one-line errors (tiny preset, converted checkpoint)."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdsr_jax import convert
+from kdsr_jax.data import images
+from kdsr_jax.evaluate import protocol
+from kdsr_jax.evaluate.testing import random_variables
+from kdsr_jax.models import build_model, spec as spec_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "upscale.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("upscale_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+upscale = _load_script()
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory):
+    sp = spec_lib.preset("tiny")
+    v = random_variables(sp, 0)
+    d = tmp_path_factory.mktemp("ckpt") / "tiny_student"
+    convert.save_converted(d, sp, v)
+    return str(d), build_model(sp), v
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    sp = spec_lib.preset("tiny", kind="teacher")
+    d = tmp_path_factory.mktemp("ckpt") / "tiny_teacher"
+    convert.save_converted(d, sp, random_variables(sp, 1))
+    return str(d)
+
+
+def _photo(h=40, w=44):
+    import skimage.data
+    return skimage.data.coffee()[100:100 + h, 200:200 + w]
+
+
+def test_folder_of_png_jpg_gray_rgba_16bit_is_upscaled(tmp_path, student_ckpt, capsys):
+    ckpt, model, v = student_ckpt
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = _photo()
+    Image.fromarray(rgb).save(src / "a.png")
+    Image.fromarray(rgb).save(src / "b.jpg", quality=95)
+    Image.fromarray(rgb[..., 1]).save(src / "c_gray.png")
+    alpha = np.tile(np.linspace(0, 255, 44, dtype=np.uint8), (40, 1))
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src / "d_rgba.png")
+    rgb16 = rgb.astype(np.uint16) * 257 + 3
+    images.save_png(src / "e16.png", rgb16 / 65535.0, bit_depth=16)
+    out = tmp_path / "out"
+    assert upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out),
+                         "--tile", "0"]) == 0
+    names = sorted(os.listdir(out))
+    assert names == ["a.png", "b.png", "c_gray.png", "d_rgba.png", "e16.png"]
+    # Output of the RGB file = the model's forward, quantised to 8 bits.
+    ref = np.asarray(model.apply(v, jnp.asarray(rgb[None] / 255.0, jnp.float32)))[0]
+    got = images.load_image(out / "a.png")
+    assert got.shape == (160, 176, 3)
+    assert np.abs(got.astype(int) - np.round(np.clip(ref, 0, 1) * 255)).max() <= 1
+    rgba, a, bits = images.load_image_full(out / "d_rgba.png")
+    assert a is not None and bits == 8
+    want_a = np.clip(protocol.bicubic_upscale(alpha[..., None] / 255.0, 4)[..., 0], 0, 1)
+    assert np.abs(a - want_a).max() <= 1 / 255 + 1e-6
+    assert images.load_image_full(out / "e16.png")[2] == 16
+    assert images.load_image(out / "c_gray.png").shape == (160, 176, 3)
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
+
+
+def test_tiled_cli_output_equals_untiled(tmp_path, student_ckpt):
+    ckpt, _, _ = student_ckpt
+    src = tmp_path / "x.png"
+    Image.fromarray(_photo(70, 90)).save(src)
+    upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(tmp_path / "u"),
+                  "--tile", "0"])
+    upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(tmp_path / "t"),
+                  "--tile", "32", "--tile-pad", "12"])
+    a = images.load_image(tmp_path / "u" / "x.png").astype(int)
+    b = images.load_image(tmp_path / "t" / "x.png").astype(int)
+    assert np.abs(a - b).max() <= 1   # float rounding may flip one 8-bit level
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "corrupt"])
+def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, student_ckpt, capsys, case):
+    ckpt, _, _ = student_ckpt
+    if case == "missing":
+        src = tmp_path / "nope.png"
+    elif case == "empty_folder":
+        src = tmp_path / "empty"
+        src.mkdir()
+    else:
+        src = tmp_path / "bad.png"
+        good = tmp_path / "good.png"
+        Image.fromarray(_photo()).save(good)
+        src.write_bytes(good.read_bytes()[:200])   # truncated PNG
+    out = tmp_path / "out"
+    assert upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert not out.exists() or not [n for n in os.listdir(out) if n.endswith(".png")]
+
+
+def test_teacher_checkpoint_is_refused(tmp_path, teacher_ckpt, capsys):
+    Image.fromarray(_photo()).save(tmp_path / "a.png")
+    rc = upscale.main(["--checkpoint", teacher_ckpt, "-i", str(tmp_path / "a.png"),
+                       "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.startswith("error: ") and "teacher" in err and "\n" not in err
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, student_ckpt, capsys):
+    ckpt, _, _ = student_ckpt
+    Image.fromarray(_photo()).save(tmp_path / "a.png")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")   # a file where the output folder should go (works as root too)
+    rc = upscale.main(["--checkpoint", ckpt, "-i", str(tmp_path / "a.png"),
+                       "-o", str(blocker / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.startswith("error: cannot write to output folder")
+    assert "\n" not in err
+
+
+def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
+    dst = tmp_path / "o.png"
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(OSError):
+        upscale.write_png_atomic(str(dst), np.zeros((8, 8, 3), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_runs_as_a_program(tmp_path, student_ckpt):
+    ckpt, _, _ = student_ckpt
+    r = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", ckpt, "-i",
+                        str(tmp_path / "missing.png"), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"error: input not found: {tmp_path / 'missing.png'}"
