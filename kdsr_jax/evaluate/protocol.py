@@ -12,8 +12,8 @@ the cropped HR with the classic pipeline (`kdsr_jax.degradation.classic`, determ
 kernel mode) with a fixed noise key per image (`NOISE_SEED` folded with the image and
 degradation indices, so results do not depend on batching). Classic metrics:
 `psnr_y` / `ssim_y` (shave = scale). Every table has a Bicubic row: the LR upsampled
-with the MATLAB-like bicubic of DEGRADATION.md §1.5 ("Upscaling path"; own code here,
-`bicubic_upscale`, with the same edge-clamped borders as the official resampler).
+with the MATLAB-like bicubic of DEGRADATION.md §1.5 ("Upscaling path", edge-clamped
+borders as the official resampler), i.e. `kdsr_jax.degradation.bicubic.upscale`.
 SR runs through `tiling.Runner.forward` (bucketed masked canvases; no per-image compile).
 """
 
@@ -150,33 +150,14 @@ def synthesize_lr(hr_u8: np.ndarray, deg: Degradation, scale: int, key) -> np.nd
 
 # ------------------------------------------------------------------ bicubic row --
 
-def _cubic(t: np.ndarray) -> np.ndarray:
-    """Keys cubic, a = -0.5 (DEGRADATION.md §1.5)."""
-    a = np.abs(t)
-    return np.where(a <= 1, 1.5 * a ** 3 - 2.5 * a ** 2 + 1,
-                    np.where(a <= 2, -0.5 * a ** 3 + 2.5 * a ** 2 - 4 * a + 2, 0.0))
-
-
-def _upscale_matrix(n: int, scale: int) -> np.ndarray:
-    """(n*scale, n) weights: centre c_o = (o + 0.5)/s - 0.5, taps floor(c)-2..floor(c)+3
-    (6 candidates, weights w(c - j)), indices clamped to [0, n-1], rows normalised."""
-    m = np.zeros((n * scale, n), np.float64)
-    for o in range(n * scale):
-        c = (o + 0.5) / scale - 0.5
-        j = np.floor(c).astype(int) + np.arange(-2, 4)
-        wts = _cubic(c - j)
-        np.add.at(m[o], np.clip(j, 0, n - 1), wts / wts.sum())
-    return m
-
-
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB-like bicubic x`scale` upsampling (DEGRADATION.md §1.5 upscaling path, the
-    official resampler's edge clamping), float32 (H*s, W*s, 3), not clamped."""
-    lr = np.asarray(lr, np.float64)
-    mh, mw = _upscale_matrix(lr.shape[0], scale), _upscale_matrix(lr.shape[1], scale)
-    out = np.einsum("oh,hwc->owc", mh, lr)
-    out = np.einsum("pw,owc->opc", mw, out)
-    return out.astype(np.float32)
+    """MATLAB-like bicubic x`scale` upsampling of one (h, w, C) image: the official
+    resampler's upscaling path (DEGRADATION.md §1.5), from
+    `kdsr_jax.degradation.bicubic.upscale`. float32 (h*s, w*s, C), not clamped."""
+    from kdsr_jax.degradation import bicubic
+
+    x = jnp.asarray(np.asarray(lr, np.float32))[None]
+    return np.asarray(bicubic.upscale(x, int(scale))[0], np.float32)
 
 
 # --------------------------------------------------------------------- evaluation --
