@@ -71,8 +71,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     c.patch_size = 0           # HR patch side fed by the data pipeline
     c.augment = "dihedral"     # 'dihedral' (classic §1.1) | 'hflip' (GAN §2.1)
     c.total_steps = 0
+    # SR model: a named preset (kdsr_jax.models.spec.PRESETS); n_feats / n_blocks /
+    # n_resblocks > 0 override the preset's sizes. dtype = compute dtype.
     c.model = ml_collections.ConfigDict(dict(
-        preset="KDSRs-M", scale=4, dynconv="auto", dtype="float32"))
+        preset="KDSRs-M", scale=4, dynconv="auto", dtype="float32",
+        n_feats=0, n_blocks=0, n_resblocks=0))
     c.optimizer = ml_collections.ConfigDict(dict(CLASSIC_ADAM))
     c.schedule = ml_collections.ConfigDict()
     c.ema_decay = 0.0          # 0 = no EMA

@@ -19,7 +19,6 @@ state, RNG and data position are restored. A non-finite loss stops the run with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,7 +29,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from kdsr_jax import models
@@ -57,8 +55,10 @@ def model_spec(config) -> ModelSpec:
         raise ValueError(f"unknown stage {config.stage!r}; expected one of {STAGES}")
     kind = "teacher" if config.stage in TEACHER_STAGES else "student"
     setting = "gan" if config.stage in GAN_STAGES else "classic"
+    sizes = {k: config.model[k] for k in ("n_feats", "n_blocks", "n_resblocks")
+             if config.model[k] > 0}
     return models.preset(config.model.preset, kind=kind, scale=config.model.scale,
-                         setting=setting, dynconv=config.model.dynconv)
+                         setting=setting, dynconv=config.model.dynconv, **sizes)
 
 
 def _load_frozen_teacher(config, spec: ModelSpec):
@@ -179,10 +179,12 @@ def _write_json(path: str, text: str) -> None:
 
 
 def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
+    """Loss and gradient norm of `step` must be finite (else the update was not)."""
+    loss, gnorm = float(metrics["loss"]), float(metrics.get("grad_norm", 0.0))
+    if not (math.isfinite(loss) and math.isfinite(gnorm)):
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopping. Last good checkpoint: "
+            f"non-finite loss ({loss}) or gradient norm ({gnorm}) at step {step}; stopping "
+            f"without saving. Last good checkpoint: "
             f"{'none' if last_saved is None else f'step {last_saved}'}")
 
 

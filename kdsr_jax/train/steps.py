@@ -104,14 +104,14 @@ def make_classic_step(config: ml_collections.ConfigDict, model, teacher=None) ->
         def full_update(state):
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             params, opt = _apply_groups(tx, state.params, grads, state.opt_state, lr)
-            return params, opt, loss, aux
+            return params, opt, loss, {**aux, "grad_norm": optax.tree.norm(grads)}
 
         def encoder_update(state):
             (loss, aux), g_e = jax.value_and_grad(enc_loss_fn, has_aux=True)(
                 state.params["E"], state.params["G"])
             params, opt = _apply_groups(tx, state.params, {"E": g_e}, state.opt_state, lr,
                                         groups=("E",))
-            return params, opt, loss, aux
+            return params, opt, loss, {**aux, "grad_norm": optax.tree.norm(g_e)}
 
         if enc_steps > 0:
             params, opt, loss, aux = jax.lax.cond(
