@@ -13,8 +13,8 @@ Pipeline (grain `MapDataset`, so every element is a pure function of its positio
     indices of this host's shard (`process_index::process_count`)
       -> shuffle (reshuffled every epoch) -> repeat forever
       -> random_map: load image, crop, augment   (rng seeded from seed + position)
-      -> skip `start_step * local_batch` elements
-      -> worker threads (or processes) with prefetch -> batches of `local_batch`
+      -> batches of `local_batch` -> skip `start_step` batches
+      -> worker threads (or processes) preparing `prefetch_batches` batches ahead
 
 Because every sample depends only on (seed, host, position), a run restored with
 `set_state(get_state())` -- or started with `start_step=k` -- yields exactly the batches
@@ -131,6 +131,16 @@ class _MakePatch:
         return {"hr": np.ascontiguousarray(patch)}
 
 
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app they are unparsed
+    (grain then raises UnparsedFlagAccessError). Mark them parsed so defaults apply;
+    an absl app parses argv as usual later."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def _local_batch(batch_size: int, process_count: int) -> int:
     if batch_size <= 0 or batch_size % process_count:
         raise ValueError(f"global batch size {batch_size} is not a positive multiple of the "
@@ -161,6 +171,12 @@ class TrainIterator:
         batch = next(self._iterator)
         self.step += 1
         return batch
+
+    def close(self) -> None:
+        """Stops prefetch threads / worker processes (also done at garbage collection)."""
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable position of the iterator (per host)."""
@@ -229,14 +245,19 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
     ds = grain.MapDataset.range(len(source))[process_index::process_count]
     ds = ds.shuffle(seed=shuffle_seed).repeat(None)
     ds = ds.random_map(_MakePatch(source, patch_size, augment, crop, small), seed=map_seed)
+    # Batching before the workers: one work item = one batch, so threads and worker
+    # processes (which round-robin over work items) give the same batches.
+    ds = ds.batch(local_batch, drop_remainder=True)
+
     threads = max(int(data_cfg.get("worker_threads", 2)), 0)
-    prefetch = max(int(data_cfg.get("prefetch_batches", 2)), 0) * local_batch
+    prefetch = max(int(data_cfg.get("prefetch_batches", 2)), 0)
     read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch if threads else 0)
     processes = int(data_cfg.get("worker_processes", 0))
+    if processes > 0:
+        _ensure_absl_flags_parsed()
 
     def build(first_step: int) -> grain.IterDataset:
-        it_ds = ds[first_step * local_batch:].to_iter_dataset(read_options)
-        it_ds = it_ds.batch(local_batch, drop_remainder=True)
+        it_ds = ds[first_step:].to_iter_dataset(read_options)
         if processes > 0:
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=processes))
         return it_ds
