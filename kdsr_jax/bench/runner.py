@@ -1,0 +1,446 @@
+"""The benchmark: model forward (JAX vs a PyTorch twin), train steps, degradation
+pipelines. `run(cfg)` returns a report dict; `format_table(report)` renders it.
+
+Sections (`BenchConfig.sections`):
+
+* ``forward``: each student preset at `lr_size` x `batch`, per dtype (float32,
+  optionally bfloat16 compute): jit compile time apart, then the median latency of
+  `iters` block_until_ready'd calls after `warmup`, and images/s. When torch is
+  importable, the PyTorch twin (`torch_twin.py`) is loaded with the same weights, its
+  output compared (max abs diff) and timed the same way; the JAX/PyTorch latency ratio is
+  reported.
+* ``train``: ('model' in `train_steps`) a self-contained KDSR teacher step (L1 + Adam,
+  reference/TRAINING.md §1.3-1.4) on ready-made (LR, HR) batches: `train_batch` x
+  `train_lr_size`^2 LR patches, steps/s; ('project') the project's own stage-3 step
+  `kdsr_jax.train.steps.make_classic_step` (LR synthesis inside the step) at the same
+  size, reported as skipped while it or the classic degradation is unavailable.
+* ``pipelines``: `degradation.classic.degrade` (batch of `classic_hr_size`^2 HR) and
+  `degradation.realesrgan.degrade` (batch of `realesrgan_gt_size`^2 GT), images/s and
+  compile time; each as a % of the model step it feeds at the same batch (classic ->
+  KDSRs-M teacher step, Real-ESRGAN -> KDSR-GAN student step with L1 + KD). A missing
+  module is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kdsr_jax.bench import timing
+from kdsr_jax.models import build_model, init_variables
+from kdsr_jax.models.spec import preset
+
+SECTIONS = ("forward", "train", "pipelines")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# reference/TRAINING.md §1.3: torch.optim.Adam(betas=(0.9, 0.999), eps=1e-8), lr 1e-4 (§1.2).
+CLASSIC_ADAM = dict(b1=0.9, b2=0.999, eps=1e-8)
+CLASSIC_LR = 1e-4
+# reference/TRAINING.md §2.2: GAN-side Adam betas (0.9, 0.99); student lr 2e-4 (§ table).
+GAN_ADAM = dict(b1=0.9, b2=0.99, eps=1e-8)
+GAN_STUDENT_LR = 2e-4
+# reference/TRAINING.md §0: KD temperature.
+KD_TEMPERATURE = 0.15
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    sections: tuple[str, ...] = SECTIONS
+    models: tuple[str, ...] = ("KDSRs-M", "KDSRs-L", "KDSR-GAN")
+    lr_size: tuple[int, int] = (64, 64)
+    batch: int = 1
+    scale: int = 4
+    dtypes: tuple[str, ...] = ("float32",)
+    dynconv: str = "auto"
+    torch: str = "auto"              # 'auto' (if importable) | 'on' (required) | 'off'
+    warmup: int = timing.DEFAULT_WARMUP
+    iters: int = timing.DEFAULT_ITERS
+    train_model: str = "KDSRs-M"
+    train_batch: int = 4
+    train_lr_size: int = 48
+    train_steps: tuple[str, ...] = ("model", "project")
+    pipeline_batch: int = 16
+    classic_hr_size: int = 256
+    realesrgan_gt_size: int = 400
+    pipeline_teacher: str = "KDSRs-M"
+    pipeline_student: str = "KDSR-GAN"
+    step_ratio: bool = True
+    seed: int = 0
+    threads_note: str = "threads: not limited"
+
+    def validate(self) -> None:
+        bad = sorted(set(self.sections) - set(SECTIONS))
+        if bad:
+            raise ValueError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
+        bad = sorted(set(self.train_steps) - {"model", "project"})
+        if bad:
+            raise ValueError(f"unknown train step(s) {bad}; choose from ['model', 'project']")
+        bad = sorted(set(self.dtypes) - set(DTYPES))
+        if bad:
+            raise ValueError(f"unknown dtype(s) {bad}; choose from {list(DTYPES)}")
+        if self.torch not in ("auto", "on", "off"):
+            raise ValueError(f"torch must be auto, on or off, got {self.torch!r}")
+        for name in ("batch", "train_batch", "train_lr_size", "pipeline_batch", "iters",
+                     "classic_hr_size", "realesrgan_gt_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.lr_size) < 1:
+            raise ValueError(f"lr_size must be positive, got {self.lr_size}")
+        if self.classic_hr_size % self.scale:
+            raise ValueError(f"classic_hr_size {self.classic_hr_size} must be a multiple of "
+                             f"the scale {self.scale}")
+        for name in set(self.models) | {self.train_model, self.pipeline_teacher,
+                                        self.pipeline_student}:
+            preset(name)  # raises ValueError for an unknown preset
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _row(section, item, backend, dtype, batch, shape, t: timing.Timing | None,
+         per_run: int | None = None, unit: str = "img/s", note: str = "", **extra):
+    """One table row; throughput = per_run items per median run."""
+    row = dict(section=section, item=item, backend=backend, dtype=dtype, batch=batch,
+               shape=shape, note=note, **extra)
+    if t is not None:
+        n = batch if per_run is None else per_run
+        row.update(t.to_dict())
+        row["throughput"] = n / t.median_s
+        row["throughput_unit"] = unit
+    return row
+
+
+def _skip(section, item, reason):
+    return dict(section=section, item=item, backend="-", dtype="-", batch=None, shape="",
+                note=f"skipped: {reason}", skipped=True)
+
+
+def _torch_or_none(mode: str):
+    if mode == "off":
+        return None
+    try:
+        import torch  # noqa: F401
+
+        from kdsr_jax.bench import torch_twin
+        return torch_twin
+    except ImportError as e:
+        if mode == "on":
+            raise ValueError(f"--torch on, but torch cannot be imported: {e}") from None
+        return None
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
+    rows, comparisons = [], []
+    twin_mod = _torch_or_none(cfg.torch)
+    h, w = cfg.lr_size
+    shape = f"{h}x{w}->{h * cfg.scale}x{w * cfg.scale}"
+    for name in cfg.models:
+        spec = preset(name, kind="student", scale=cfg.scale, dynconv=cfg.dynconv)
+        k_init, k_x, key = jax.random.split(key, 3)
+        variables = init_variables(spec, k_init)
+        lr = jax.random.uniform(k_x, (cfg.batch, h, w, 3), jnp.float32)
+        ref_out = None
+        jax_f32_median = None
+        for dname in cfg.dtypes:
+            model = build_model(spec, DTYPES[dname])
+            t, out = timing.time_jax(lambda v, x, m=model: m.apply(v, x), variables, lr,
+                                     warmup=cfg.warmup, iters=cfg.iters)
+            note = ""
+            if dname == "float32":
+                ref_out, jax_f32_median = out, t.median_s
+            elif ref_out is not None:
+                err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref_out)))
+                note = f"max|{dname}-float32| = {err:.2e}"
+            rows.append(_row("forward", f"{name} student", "jax", dname, cfg.batch, shape, t,
+                             note=note))
+        if twin_mod is None:
+            continue
+        import torch
+
+        twin = twin_mod.twin_from_variables(spec, variables)
+        x_t = twin_mod.nhwc_to_nchw(lr)
+
+        def fwd(x, twin=twin):
+            with torch.inference_mode():
+                return twin(x)
+
+        t, out_t = timing.time_eager(fwd, x_t, warmup=cfg.warmup, iters=cfg.iters)
+        note, diff = f"torch {torch.__version__}, {torch.get_num_threads()} threads", None
+        if ref_out is not None:
+            diff = float(np.max(np.abs(twin_mod.nchw_to_nhwc(out_t) - np.asarray(ref_out))))
+            note += f"; max|jax-torch| = {diff:.2e}"
+        rows.append(_row("forward", f"{name} student", "torch", "float32", cfg.batch, shape, t,
+                         note=note, max_abs_diff=diff))
+        if jax_f32_median is not None:
+            comparisons.append(dict(
+                what=f"{name} student forward {shape} batch {cfg.batch} float32",
+                jax_median_s=jax_f32_median, torch_median_s=t.median_s,
+                jax_over_torch=jax_f32_median / t.median_s, max_abs_diff=diff))
+    return rows, comparisons
+
+
+# --------------------------------------------------------------------------- train steps
+
+
+def make_sr_step(spec, lr_rate: float, adam: dict, teacher_spec=None):
+    """A self-contained jitted-able SR train step on ready (LR, HR) batches:
+    `step((params, opt_state), lr, hr[, teacher_params]) -> ((params, opt_state), loss)`.
+    Teacher models: L1(model(lr, hr), hr). Students: L1 + KD against the frozen
+    `teacher_spec` encoder when given, else L1. Adam via optax (torch Adam semantics)."""
+    from kdsr_jax.train import losses
+
+    model = build_model(spec)
+    tx = optax.adam(lr_rate, **adam)
+    teacher = build_model(teacher_spec) if teacher_spec is not None else None
+
+    def step(state, lr, hr, teacher_params=None):
+        params, opt_state = state
+
+        def loss_fn(p):
+            if spec.kind == "teacher":
+                return losses.l1(model.apply({"params": p}, lr, hr), hr)
+            sr, feats = model.apply({"params": p}, lr, return_features=True)
+            loss = losses.l1(sr, hr)
+            if teacher is not None:
+                _, t_fea = teacher.apply({"params": teacher_params}, lr, hr, method="encode")
+                loss = loss + losses.kd(t_fea, feats["fea"], KD_TEMPERATURE)
+            return loss
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    def init_state(key):
+        params = init_variables(spec, key)["params"]
+        return params, tx.init(params)
+
+    return step, init_state
+
+
+def _time_sr_step(spec, batch, lr_hw, key, cfg, lr_rate, adam, teacher_spec=None):
+    step, init_state = make_sr_step(spec, lr_rate, adam, teacher_spec)
+    k_p, k_lr, k_hr, k_t = jax.random.split(key, 4)
+    state = init_state(k_p)
+    lr = jax.random.uniform(k_lr, (batch, *lr_hw, 3), jnp.float32)
+    hr = jax.random.uniform(k_hr, (batch, lr_hw[0] * spec.scale, lr_hw[1] * spec.scale, 3),
+                            jnp.float32)
+    args = (lr, hr)
+    if teacher_spec is not None:
+        args += (init_variables(teacher_spec, k_t)["params"],)
+    t, loss = timing.time_jax_step(step, state, *args, warmup=cfg.warmup, iters=cfg.iters)
+    if not np.isfinite(float(loss)):
+        raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmarked step")
+    return t
+
+
+def bench_train(cfg: BenchConfig, key) -> list:
+    rows = []
+    spec = preset(cfg.train_model, kind="teacher", scale=cfg.scale, dynconv=cfg.dynconv)
+    p = cfg.train_lr_size
+    shape = f"{p}x{p}->{p * cfg.scale}x{p * cfg.scale}"
+    k1, k2 = jax.random.split(key)
+    if "model" in cfg.train_steps:
+        t = _time_sr_step(spec, cfg.train_batch, (p, p), k1, cfg, CLASSIC_LR, CLASSIC_ADAM)
+        rows.append(_row("train", f"{cfg.train_model} teacher step (L1+Adam)", "jax", "float32",
+                         cfg.train_batch, shape, t, per_run=1, unit="steps/s",
+                         note=f"{cfg.train_batch / t.median_s:.2f} img/s; ready LR/HR batches"))
+    if "project" in cfg.train_steps:
+        try:
+            rows.append(_bench_training_engineer_step(cfg, spec, k2, shape))
+        except Exception as e:  # optional integration with code that is still evolving
+            rows.append(_skip("train", f"{cfg.train_model} kdsr_jax.train classic teacher step",
+                              f"{type(e).__name__}: {' '.join(str(e).split())[:150]}"))
+    return rows
+
+
+def _bench_training_engineer_step(cfg, spec, key, shape):
+    """The project's own stage-3 step (kdsr_jax.train.steps.make_classic_step), which
+    synthesises the LR batch from uint8 HR inside the step."""
+    from kdsr_jax.train import config_base, state as train_state, steps as train_steps
+
+    config = config_base.classic_stage("teacher", set())
+    config.batch_size = cfg.train_batch
+    config.patch_size = cfg.train_lr_size * cfg.scale
+    config.model.preset = cfg.train_model
+    model = build_model(spec)
+    step = train_steps.make_classic_step(config, model)
+    state = train_state.create(params=init_variables(spec, key)["params"],
+                               tx=train_state.adam(config.optimizer), seed=cfg.seed)
+    hr = np.random.default_rng(cfg.seed).integers(
+        0, 256, (cfg.train_batch, config.patch_size, config.patch_size, 3), dtype=np.uint8)
+    t, _ = timing.time_jax_step(lambda s, b: step(s, b, {}), state, {"hr": jnp.asarray(hr)},
+                                warmup=cfg.warmup, iters=cfg.iters)
+    return _row("train", f"{cfg.train_model} kdsr_jax.train classic teacher step", "jax",
+                "float32", cfg.train_batch, shape, t, per_run=1, unit="steps/s",
+                note="incl. classic LR synthesis in the step")
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _import_degradation(name):
+    import importlib
+
+    try:
+        return importlib.import_module(f"kdsr_jax.degradation.{name}")
+    except ImportError as e:
+        return str(e)
+
+
+def bench_pipelines(cfg: BenchConfig, key) -> tuple[list, list]:
+    rows, comparisons = [], []
+    b = cfg.pipeline_batch
+    k_c, k_r, k_s1, k_s2 = jax.random.split(key, 4)
+
+    classic = _import_degradation("classic")
+    if isinstance(classic, str):
+        rows.append(_skip("pipelines", "classic degradation", f"module not available ({classic})"))
+    else:
+        s = cfg.classic_hr_size
+        hr = jnp.round(jax.random.uniform(k_c, (b, s, s, 3)) * 255) / 255
+        deg_cfg = classic.default_config()
+        t, lr = timing.time_jax(lambda k, x: classic.degrade(k, x, deg_cfg), k_c, hr,
+                                warmup=cfg.warmup, iters=cfg.iters)
+        lr_shape = tuple(lr.shape)
+        rows.append(_row("pipelines", "classic degrade", "jax", "float32", b,
+                         f"{s}x{s}->{lr_shape[1]}x{lr_shape[2]}", t))
+        if cfg.step_ratio:
+            spec = preset(cfg.pipeline_teacher, kind="teacher", scale=cfg.scale, dynconv=cfg.dynconv)
+            ts = _time_sr_step(spec, b, lr_shape[1:3], k_s1, cfg, CLASSIC_LR, CLASSIC_ADAM)
+            rows.append(_row("pipelines", f"{cfg.pipeline_teacher} teacher step (L1+Adam)", "jax",
+                             "float32", b, f"{lr_shape[1]}x{lr_shape[2]}", ts, per_run=1,
+                             unit="steps/s"))
+            comparisons.append(dict(what=f"classic degrade / {cfg.pipeline_teacher} teacher "
+                                         f"step, batch {b}",
+                                    pipeline_median_s=t.median_s, step_median_s=ts.median_s,
+                                    percent=100 * t.median_s / ts.median_s))
+
+    realesrgan = _import_degradation("realesrgan")
+    if isinstance(realesrgan, str):
+        rows.append(_skip("pipelines", "Real-ESRGAN degradation",
+                          f"module not available ({realesrgan})"))
+    else:
+        g = cfg.realesrgan_gt_size
+        gt = jnp.round(jax.random.uniform(k_r, (b, g, g, 3)) * 255) / 255
+        deg_cfg = realesrgan.default_config()
+        t, (gt_patch, lq) = timing.time_jax(lambda k, x: realesrgan.degrade(k, x, deg_cfg),
+                                            k_r, gt, warmup=cfg.warmup, iters=cfg.iters)
+        lq_shape = tuple(lq.shape)
+        rows.append(_row("pipelines", "Real-ESRGAN degrade", "jax", "float32", b,
+                         f"{g}x{g}->{lq_shape[1]}x{lq_shape[2]}", t,
+                         note=f"gt patch {gt_patch.shape[1]}x{gt_patch.shape[2]}"))
+        if cfg.step_ratio:
+            spec = preset(cfg.pipeline_student, kind="student", scale=cfg.scale, dynconv=cfg.dynconv)
+            teacher_spec = spec.replace(kind="teacher")
+            ts = _time_sr_step(spec, b, lq_shape[1:3], k_s2, cfg, GAN_STUDENT_LR, GAN_ADAM,
+                               teacher_spec=teacher_spec)
+            rows.append(_row("pipelines", f"{cfg.pipeline_student} student step (L1+KD+Adam)",
+                             "jax", "float32", b, f"{lq_shape[1]}x{lq_shape[2]}", ts, per_run=1,
+                             unit="steps/s"))
+            comparisons.append(dict(what=f"Real-ESRGAN degrade / {cfg.pipeline_student} student "
+                                         f"step, batch {b}",
+                                    pipeline_median_s=t.median_s, step_median_s=ts.median_s,
+                                    percent=100 * t.median_s / ts.median_s))
+    return rows, comparisons
+
+
+# --------------------------------------------------------------------------- report
+
+
+def environment() -> dict[str, Any]:
+    env = dict(python=platform.python_version(), jax=jax.__version__,
+               backend=jax.default_backend(),
+               devices=[d.device_kind for d in jax.local_devices()][:1] + (
+                   [f"... {jax.local_device_count()} devices"] if jax.local_device_count() > 1 else []),
+               cpu_count=os.cpu_count(),
+               cpu_allowed=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+               platform=platform.platform())
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        env.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return env
+
+
+def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
+    """Run the selected sections; returns {'config', 'environment', 'results',
+    'comparisons'} (JSON-serialisable)."""
+    cfg.validate()
+    key = jax.random.key(cfg.seed)
+    load_start = timing.cpu_load()
+    rows, comparisons = [], []
+    k_f, k_t, k_p = jax.random.split(key, 3)
+    if "forward" in cfg.sections:
+        log("benchmark: forward ...")
+        r, c = bench_forward(cfg, k_f)
+        rows += r
+        comparisons += c
+    if "train" in cfg.sections:
+        log("benchmark: train step ...")
+        rows += bench_train(cfg, k_t)
+    if "pipelines" in cfg.sections:
+        log("benchmark: pipelines ...")
+        r, c = bench_pipelines(cfg, k_p)
+        rows += r
+        comparisons += c
+    env = environment()
+    env.update(load_avg_1min_start=load_start, load_avg_1min_end=timing.cpu_load(),
+               threads=cfg.threads_note)
+    return dict(config=dataclasses.asdict(cfg), environment=env, results=rows,
+                comparisons=comparisons)
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A fixed-width text table of the results and comparisons."""
+    head = ("section", "item", "backend", "dtype", "batch", "shape", "compile s",
+            "median ms", "min ms", "throughput", "note")
+    lines = []
+    for r in report["results"]:
+        thr = (f"{r['throughput']:.3g} {r['throughput_unit']}" if "throughput" in r else "-")
+        lines.append((r["section"], r["item"], r["backend"], r["dtype"], _fmt(r["batch"], "d"),
+                      r["shape"], _fmt(r.get("compile_s"), ".2f"),
+                      _fmt(r.get("median_s") and 1e3 * r["median_s"], ".1f"),
+                      _fmt(r.get("min_s") and 1e3 * r["min_s"], ".1f"), thr, r["note"]))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+           for row in [head, tuple("-" * w for w in widths), *lines]]
+    for c in report["comparisons"]:
+        if "jax_over_torch" in c:
+            out.append(f"{c['what']}: JAX {1e3 * c['jax_median_s']:.1f} ms vs PyTorch "
+                       f"{1e3 * c['torch_median_s']:.1f} ms -> JAX/PyTorch time ratio "
+                       f"{c['jax_over_torch']:.2f}"
+                       + (f" (max abs diff {c['max_abs_diff']:.2e})"
+                          if c.get("max_abs_diff") is not None else ""))
+        else:
+            out.append(f"{c['what']}: pipeline {1e3 * c['pipeline_median_s']:.1f} ms = "
+                       f"{c['percent']:.1f}% of the step ({1e3 * c['step_median_s']:.1f} ms)")
+    env = report["environment"]
+    out.append(f"environment: jax {env['jax']} on {env['backend']} {env['devices']}, "
+               f"{env.get('cpu_allowed')}/{env['cpu_count']} CPUs, "
+               + (f"torch {env['torch']} ({env['torch_threads']} threads), " if "torch" in env else "")
+               + f"{env['threads']}; load avg {_fmt(env['load_avg_1min_start'], '.2f')} -> "
+               f"{_fmt(env['load_avg_1min_end'], '.2f')}")
+    return "\n".join(out)
+
+
+def write_json(report: dict[str, Any], path) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,144 @@
+"""Timing helpers for the benchmark: compile time apart from run time, medians of
+several block_until_ready'd runs after warm-up, and CPU thread limiting.
+
+JAX threads on CPU: XLA sizes its CPU thread pool from the CPUs the process may run on
+(the scheduler affinity mask) when its CPU client is created, i.e. at the first JAX
+computation. `limit_cpu_threads(n)` therefore restricts the process affinity to n CPUs
+(`os.sched_setaffinity`) and must run before JAX computes anything; it also calls
+`torch.set_num_threads(n)` when torch is present. On a machine with exactly n CPUs it
+only sets torch's count (the affinity already allows n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+DEFAULT_WARMUP = 2
+DEFAULT_ITERS = 10
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds: `compile_s` (trace + lower + XLA compile; None for eager torch) and
+    per-run times after warm-up."""
+
+    compile_s: float | None
+    times_s: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times_s)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.times_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"compile_s": self.compile_s, "median_s": self.median_s, "min_s": self.min_s,
+                "max_s": self.max_s, "runs": len(self.times_s), "times_s": self.times_s}
+
+
+def _check_counts(warmup: int, iters: int) -> None:
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+
+
+def time_jax(fn: Callable, *args, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS,
+             static_argnums=()) -> tuple[Timing, Any]:
+    """Jit `fn`, compile it for `args` (timed apart), then time `iters` calls after
+    `warmup` calls, each waited for with block_until_ready. Returns (timing, output)."""
+    import jax
+
+    _check_counts(warmup, iters)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn, static_argnums=static_argnums).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    dyn_args = [a for i, a in enumerate(args) if i not in static_argnums]
+    out = None
+    for _ in range(warmup):
+        out = jax.block_until_ready(compiled(*dyn_args))
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        out = jax.block_until_ready(compiled(*dyn_args))
+        times.append(time.perf_counter() - t)
+    return Timing(compile_s, times), out
+
+
+def time_jax_step(step: Callable, state, *args, warmup: int = DEFAULT_WARMUP,
+                  iters: int = DEFAULT_ITERS) -> tuple[Timing, Any]:
+    """Time a training step `step(state, *args) -> (state, aux)`: jitted with the state
+    donated and fed back, as a training loop runs it. Returns (timing, last aux)."""
+    import jax
+
+    _check_counts(warmup, iters)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, *args).compile()
+    compile_s = time.perf_counter() - t0
+    aux = None
+    for _ in range(warmup):
+        state, aux = jax.block_until_ready(compiled(state, *args))
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        state, aux = jax.block_until_ready(compiled(state, *args))
+        times.append(time.perf_counter() - t)
+    return Timing(compile_s, times), aux
+
+
+def time_eager(fn: Callable, *args, warmup: int = DEFAULT_WARMUP,
+               iters: int = DEFAULT_ITERS) -> tuple[Timing, Any]:
+    """Time a synchronous callable (e.g. a torch CPU forward). Returns (timing, output)."""
+    _check_counts(warmup, iters)
+    out = None
+    for _ in range(warmup):
+        out = fn(*args)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        out = fn(*args)
+        times.append(time.perf_counter() - t)
+    return Timing(None, times), out
+
+
+def limit_cpu_threads(n: int | None) -> str:
+    """Limit JAX (via CPU affinity, before JAX starts) and torch to `n` CPU threads.
+    Returns a one-line description of what was done."""
+    if n is None:
+        return "threads: not limited"
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    notes = []
+    if hasattr(os, "sched_getaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) > n:
+            os.sched_setaffinity(0, allowed[:n])
+            notes.append(f"CPU affinity {allowed[:n]} (JAX/XLA pool sized from it)")
+        else:
+            notes.append(f"CPU affinity already {len(allowed)} CPU(s)")
+    else:  # pragma: no cover - macOS/Windows
+        notes.append("cannot set CPU affinity on this OS; JAX uses all cores")
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+        notes.append(f"torch.set_num_threads({n})")
+    except ImportError:
+        pass
+    return "threads: " + ", ".join(notes)
+
+
+def cpu_load() -> float | None:
+    """1-minute load average (None where unavailable), to flag a contended machine."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Benchmark KDSR in JAX: student forward (vs a PyTorch twin), train steps, and the
+degradation pipelines. Prints a table; `--json PATH` also writes the full report.
+
+Examples:
+    # KDSRs-M student at LR 64x64, batch 1, 2 threads, JAX vs PyTorch, plus the teacher
+    # train step at batch 4 / 48x48:
+    python scripts/benchmark.py --models KDSRs-M --sections forward,train --threads 2
+    # everything with the defaults (heavy on a CPU):
+    python scripts/benchmark.py --json bench.json
+    # bfloat16 compute as well, on an accelerator:
+    python scripts/benchmark.py --sections forward --dtypes float32,bfloat16
+
+Threads: `--threads N` restricts this process's CPU affinity to N CPUs before JAX
+starts (XLA sizes its CPU thread pool from the affinity mask) and calls
+`torch.set_num_threads(N)`. Without it both use all CPUs they are allowed.
+See `kdsr_jax/bench/runner.py` for what each section measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SECTIONS = ("forward", "train", "pipelines")
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _size(s: str) -> tuple[int, int]:
+    try:
+        parts = [int(x) for x in s.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {s!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive values, got {s!r}")
+    return tuple(parts)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--sections", type=_csv, default=SECTIONS,
+                   help="comma list of forward,train,pipelines (default: all)")
+    p.add_argument("--models", type=_csv, default=("KDSRs-M", "KDSRs-L", "KDSR-GAN"),
+                   help="student presets for the forward section (default: "
+                        "KDSRs-M,KDSRs-L,KDSR-GAN; 'tiny' for a quick check)")
+    p.add_argument("--lr-size", type=_size, default=(64, 64),
+                   help="forward LR input size, N or HxW (default 64)")
+    p.add_argument("--batch", type=int, default=1, help="forward batch (default 1)")
+    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4), help="SR scale (default 4)")
+    p.add_argument("--dtypes", type=_csv, default=("float32",),
+                   help="forward compute dtypes: float32[,bfloat16] (default float32)")
+    p.add_argument("--dynconv", default="auto", choices=("auto", "shift", "grouped"),
+                   help="dynamic-conv formulation of the JAX model (default auto)")
+    p.add_argument("--torch", default="auto", choices=("auto", "on", "off"),
+                   help="PyTorch twin side by side: auto = when torch imports (default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="limit JAX (CPU affinity) and torch to N CPU threads")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs after compile (default 2)")
+    p.add_argument("--iters", type=int, default=10,
+                   help="timed runs; the median is reported (default 10)")
+    p.add_argument("--train-model", default="KDSRs-M", help="train-section preset (default KDSRs-M)")
+    p.add_argument("--train-batch", type=int, default=4, help="train-step batch (default 4)")
+    p.add_argument("--train-lr-size", type=int, default=48,
+                   help="train-step LR patch side (default 48)")
+    p.add_argument("--train-steps", type=_csv, default=("model", "project"),
+                   help="train steps to time: 'model' (self-contained L1+Adam step on ready "
+                        "LR/HR) and/or 'project' (kdsr_jax.train classic teacher step, LR "
+                        "synthesis included) (default: both)")
+    p.add_argument("--pipeline-batch", type=int, default=16, help="pipeline batch (default 16)")
+    p.add_argument("--classic-hr-size", type=int, default=256,
+                   help="classic pipeline HR side (default 256)")
+    p.add_argument("--realesrgan-gt-size", type=int, default=400,
+                   help="Real-ESRGAN pipeline GT side (default 400)")
+    p.add_argument("--pipeline-teacher", default="KDSRs-M",
+                   help="teacher preset whose step the classic pipeline is compared to")
+    p.add_argument("--pipeline-student", default="KDSR-GAN",
+                   help="student preset whose step the Real-ESRGAN pipeline is compared to")
+    p.add_argument("--no-step-ratio", action="store_true",
+                   help="skip the model steps the pipelines are compared to")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", default=None, help="also write the full report as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        # Before anything imports JAX's CPU backend (see kdsr_jax/bench/timing.py).
+        from kdsr_jax.bench import timing
+
+        threads_note = timing.limit_cpu_threads(args.threads)
+        from kdsr_jax.bench import runner
+
+        cfg = runner.BenchConfig(
+            sections=args.sections, models=args.models, lr_size=args.lr_size,
+            batch=args.batch, scale=args.scale, dtypes=args.dtypes, dynconv=args.dynconv,
+            torch=args.torch, warmup=args.warmup, iters=args.iters,
+            train_model=args.train_model, train_batch=args.train_batch,
+            train_lr_size=args.train_lr_size, train_steps=args.train_steps,
+            pipeline_batch=args.pipeline_batch,
+            classic_hr_size=args.classic_hr_size, realesrgan_gt_size=args.realesrgan_gt_size,
+            pipeline_teacher=args.pipeline_teacher, pipeline_student=args.pipeline_student,
+            step_ratio=not args.no_step_ratio, seed=args.seed, threads_note=threads_note)
+        report = runner.run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(runner.format_table(report))
+        if args.json:
+            runner.write_json(report, args.json)
+            print(f"wrote {args.json}")
+    except (ValueError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Tests for the benchmark (scripts/benchmark.py, kdsr_jax/bench): a fast smoke run on
+the 'tiny' preset, report/JSON structure, error handling, and the PyTorch twin's
+equality with the JAX model and with the official fixtures."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdsr_jax.bench import runner, timing
+from kdsr_jax.models import build_model, init_variables
+from kdsr_jax.models.spec import preset
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TWIN_TOL = 2e-5  # fixtures README "Model outputs": max abs <= 2e-5
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("benchmark_cli", REPO / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TINY_ARGS = ["--models", "tiny", "--lr-size", "8x12", "--train-model", "tiny",
+             "--train-batch", "1", "--train-lr-size", "8", "--iters", "2", "--warmup", "0",
+             "--torch", "off", "--train-steps", "model"]
+
+
+def test_cli_smoke_run_on_tiny_prints_table_and_writes_json(tmp_path, capsys):
+    """forward + train sections on the tiny preset: a table with timed rows and a JSON
+    report with compile time, medians and throughputs."""
+    out_json = tmp_path / "bench.json"
+    rc = _cli().main(["--sections", "forward,train", *TINY_ARGS, "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "tiny student" in out and "tiny teacher step (L1+Adam)" in out
+    assert "median ms" in out and "img/s" in out and "steps/s" in out
+    report = json.loads(out_json.read_text())
+    timed = [r for r in report["results"] if not r.get("skipped")]
+    fwd = next(r for r in timed if r["section"] == "forward")
+    assert fwd["backend"] == "jax" and fwd["shape"] == "8x12->32x48" and fwd["runs"] == 2
+    assert fwd["compile_s"] > 0 and fwd["median_s"] > 0
+    assert fwd["throughput"] == pytest.approx(1 / fwd["median_s"])
+    step = next(r for r in timed if r["section"] == "train")
+    assert step["throughput_unit"] == "steps/s" and step["batch"] == 1
+    assert report["environment"]["backend"] == "cpu"
+
+
+def test_cli_reports_bad_arguments_as_one_line_error(capsys):
+    assert _cli().main(["--sections", "forward,nope", *TINY_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown section(s) ['nope']") and err.count("\n") == 1
+    assert _cli().main(["--models", "huge", "--sections", "forward", "--torch", "off"]) == 1
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_pipelines_section_skips_with_message_when_modules_are_missing(monkeypatch):
+    """Without the degradation modules the section reports 'skipped' rows, no crash."""
+    monkeypatch.setattr(runner, "_import_degradation", lambda name: f"no {name} here")
+    cfg = runner.BenchConfig(sections=("pipelines",), iters=1, warmup=0)
+    report = runner.run(cfg, log=lambda m: None)
+    notes = [r["note"] for r in report["results"]]
+    assert notes == ["skipped: module not available (no classic here)",
+                     "skipped: module not available (no realesrgan here)"]
+    assert "skipped" in runner.format_table(report)
+
+
+def test_time_jax_separates_compile_from_runs():
+    t, out = timing.time_jax(lambda x: x * 2, jnp.ones(3), warmup=1, iters=4)
+    assert len(t.times_s) == 4 and t.compile_s > 0 and t.min_s <= t.median_s <= t.max_s
+    np.testing.assert_array_equal(out, 2 * np.ones(3))
+    with pytest.raises(ValueError, match="iters >= 1"):
+        timing.time_jax(lambda x: x, jnp.ones(1), iters=0)
+
+
+def test_time_jax_step_feeds_donated_state_back():
+    """The step runs warmup + iters times on its own output state."""
+    t, aux = timing.time_jax_step(lambda s, inc: (s + inc, s), jnp.zeros(()), jnp.ones(()),
+                                  warmup=2, iters=3)
+    assert len(t.times_s) == 3 and float(aux) == 4.0
+
+
+# ------------------------------------------------------------------ the PyTorch twin
+
+
+@pytest.mark.parametrize("kind,scale", [("student", 4), ("teacher", 2)])
+def test_torch_twin_equals_jax_model_on_tiny(kind, scale):
+    """Twin loaded with the JAX variables gives the JAX output (tiny preset, 2e-5)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from kdsr_jax.bench import torch_twin
+
+    spec = preset("tiny", kind=kind, scale=scale)
+    variables = init_variables(spec, jax.random.key(3))
+    lr = jax.random.uniform(jax.random.key(4), (2, 10, 14, 3))
+    hr = jax.random.uniform(jax.random.key(5), (2, 10 * scale, 14 * scale, 3))
+    args = (lr,) if kind == "student" else (lr, hr)
+    ref = np.asarray(build_model(spec).apply(variables, *args))
+    twin = torch_twin.twin_from_variables(spec, variables)
+    with torch.no_grad():
+        out = torch_twin.nchw_to_nhwc(twin(*[torch_twin.nhwc_to_nchw(a) for a in args]))
+    assert out.shape == ref.shape
+    assert np.max(np.abs(out - ref)) <= TWIN_TOL
+
+
+@pytest.mark.parametrize("name,kind,param_key", [
+    ("classic_st_small_x4", "student", None), ("classic_ta_small_x2", "teacher", None),
+    ("gan_st_small_x4", "student", "params_ema")])
+def test_torch_twin_reproduces_official_fixture_output(fixtures_dir, name, kind, param_key):
+    """Fixture <name> (.pth weights, .npz eval_sr): the twin, strict-loaded with the
+    official state dict, matches the official eval output within 2e-5."""
+    torch = pytest.importorskip("torch")
+    from kdsr_jax.bench import torch_twin
+
+    cfg = json.loads(str(np.load(fixtures_dir / f"{name}.npz")["config_json"]))
+    z = np.load(fixtures_dir / f"{name}.npz")
+    sd = torch.load(fixtures_dir / f"{name}.pth", map_location="cpu", weights_only=True)
+    if param_key:
+        sd = sd[param_key]
+    scale = z["eval_sr"].shape[2] // z["in_lr"].shape[2]
+    setting = "gan" if name.startswith("gan") else "classic"
+    spec = preset("tiny", kind=kind, scale=scale, setting=setting)
+    twin = torch_twin.build_twin(spec)
+    twin.load_state_dict(sd, strict=True)
+    args = [torch.from_numpy(z["in_lr"])] + ([torch.from_numpy(z["in_hr"])] if kind == "teacher" else [])
+    with torch.no_grad():
+        out = twin(*args).numpy()
+    assert cfg  # the fixture carries its configuration
+    assert np.max(np.abs(out - z["eval_sr"])) <= TWIN_TOL
