@@ -1,0 +1,84 @@
+"""Reflect-padded depthwise 2-D filtering: the blur of both degradation pipelines.
+
+Implements BasicSR `filter2D` (DEGRADATION.md §2.4) and the classic `BatchBlur`
+(§1.4), which have the same semantics: reflect padding by k//2 on every side (mirror
+*without* repeating the edge pixel, NumPy `mode='reflect'`), then a 'valid' per-channel
+**cross-correlation** (no kernel flip), the same kernel for every channel of an image.
+A kernel of shape (k, k) or (1, k, k) is shared by the whole batch; (B, k, k) gives every
+image its own kernel. Output size = input size.
+
+Implementation (measured on a 2-core CPU, batch 16 of 256x256x3, 21x21 kernels, jitted;
+the machine was shared so numbers are indicative):
+* shared kernel: batch and channels folded into the conv batch, one 1-in/1-out conv
+  (B*C, H, W, 1) -- ~0.42 s; a C-group depthwise conv on NHWC was ~0.67 s, 441 shifted
+  multiply-adds ~1.1 s.
+* per-image kernels: batch and channels folded into the feature axis of one grouped
+  conv (1, H, W, B*C) with B*C groups -- ~1.4 s, about the same as `vmap` of the shared
+  conv (which lowers to the same grouped conv); XLA's `batch_group_count` was far slower.
+Both use `Precision.HIGHEST` so GPUs never drop to TF32/bf16 for the 441-tap sums.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _check(img, kernels) -> tuple[int, int]:
+    """Validates shapes at trace time; returns (kernel batch, kernel size)."""
+    if img.ndim != 4:
+        raise ValueError(f"filter2d: expected an image batch (B, H, W, C), got shape "
+                         f"{tuple(img.shape)}")
+    if not jnp.issubdtype(img.dtype, jnp.floating):
+        raise ValueError(f"filter2d: expected a float image, got dtype {img.dtype} for "
+                         f"shape {tuple(img.shape)}")
+    if kernels.ndim not in (2, 3) or kernels.shape[-1] != kernels.shape[-2]:
+        raise ValueError(f"filter2d: kernels must be (k, k), (1, k, k) or (B, k, k), got "
+                         f"shape {tuple(kernels.shape)}")
+    k = kernels.shape[-1]
+    if k % 2 != 1:
+        raise ValueError(f"filter2d: kernel size must be odd, got shape "
+                         f"{tuple(kernels.shape)}")
+    nk = 1 if kernels.ndim == 2 else kernels.shape[0]
+    b, h, w, _ = img.shape
+    if nk not in (1, b):
+        raise ValueError(f"filter2d: {nk} kernels for a batch of {b} images (shapes "
+                         f"{tuple(kernels.shape)} and {tuple(img.shape)}); need 1 or {b}")
+    if min(h, w) <= k // 2:
+        raise ValueError(f"filter2d: image {h}x{w} (shape {tuple(img.shape)}) is too small "
+                         f"for a {k}x{k} kernel: reflect padding needs H and W > {k // 2}")
+    return nk, k
+
+
+def reflect_pad(img: jax.Array, pad: int) -> jax.Array:
+    """Mirror padding without edge repetition on H and W of (B, H, W, C)."""
+    return jnp.pad(img, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+def filter2d(img: jax.Array, kernels: jax.Array) -> jax.Array:
+    """BasicSR `filter2D` / classic `BatchBlur` on NHWC: (B, H, W, C) -> (B, H, W, C).
+
+    kernels: (k, k) or (1, k, k) shared by the batch, or (B, k, k) one per image
+    (k odd). Reflect padding k//2, depthwise cross-correlation, float32 output.
+    """
+    kernels = jnp.asarray(kernels)
+    nk, k = _check(img, kernels)
+    b, h, w, c = img.shape
+    x = reflect_pad(img.astype(jnp.float32), k // 2)                 # (B, Hp, Wp, C)
+    kernels = kernels.astype(jnp.float32).reshape(nk, k, k)
+    hp, wp = h + k - 1, w + k - 1
+    hi = jax.lax.Precision.HIGHEST
+    if nk == 1:
+        x = jnp.moveaxis(x, 3, 1).reshape(b * c, hp, wp, 1)          # (B*C, Hp, Wp, 1)
+        rhs = kernels[0][:, :, None, None]                           # (k, k, 1, 1)
+        y = jax.lax.conv_general_dilated(x, rhs, (1, 1), "VALID", dimension_numbers=_DIMS,
+                                         precision=hi)
+        return jnp.moveaxis(y.reshape(b, c, h, w), 1, 3)
+    x = jnp.moveaxis(x, 0, 2).reshape(1, hp, wp, b * c)               # (1, Hp, Wp, B*C)
+    rhs = jnp.repeat(kernels, c, axis=0)                             # (B*C, k, k)
+    rhs = jnp.moveaxis(rhs, 0, 2)[:, :, None, :]                      # (k, k, 1, B*C)
+    y = jax.lax.conv_general_dilated(x, rhs, (1, 1), "VALID", dimension_numbers=_DIMS,
+                                     feature_group_count=b * c, precision=hi)
+    return jnp.moveaxis(y.reshape(h, w, b, c), 2, 0)
