@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -35,7 +36,9 @@ def load_workdir(workdir: str, step: int | None = None):
     import orbax.checkpoint as ocp
 
     with open(os.path.join(workdir, MODEL_JSON)) as f:
-        spec = ModelSpec.from_json(f.read())
+        meta = json.load(f)
+    # A bare ModelSpec, or {'spec': ...} as kdsr_jax.convert writes it.
+    spec = ModelSpec.from_dict(meta["spec"] if "spec" in meta else meta)
     mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, TRAIN_CHECKPOINT_DIR)))
     try:
         step = mgr.latest_step() if step is None else step

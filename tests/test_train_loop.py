@@ -1,10 +1,10 @@
 """The training loop: exact resume, SIGTERM, non-finite loss, workdir contents, CLI."""
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -14,28 +14,6 @@ import pytest
 from kdsr_jax.train import loop, sharding, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def classic_degradation(monkeypatch):
-    """STAND-IN until kdsr_jax.degradation.classic lands: resize x1/4 + keyed noise + 8-bit."""
-    try:
-        import kdsr_jax.degradation.classic  # noqa: F401
-        return
-    except ImportError:
-        pass
-    fake = types.ModuleType("kdsr_jax.degradation.classic")
-
-    def degrade(key, hr, cfg):
-        b, h, w, c = hr.shape
-        x = jax.image.resize(hr, (b, h // 4, w // 4, c), "linear")
-        x = x + 0.02 * jax.random.normal(key, x.shape)
-        return jnp.round(jnp.clip(x, 0, 1) * 255) / 255
-
-    fake.degrade = degrade
-    fake.default_config = lambda: dict(blur_type="iso_gaussian", noise=0.0)
-    fake.test_config = lambda **kw: dict(kw)
-    monkeypatch.setitem(sys.modules, "kdsr_jax.degradation.classic", fake)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,13 +28,16 @@ def compilation_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
+def load_config(name, arg=None):
+    """`configs/<name>.py:get_config(arg)` (as config_flags loads it)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def _config(total_steps=4, **overrides):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    try:
-        import teacher as teacher_config
-    finally:
-        sys.path.pop(0)
-    c = teacher_config.get_config("demo")
+    c = load_config("teacher", "demo")
     c.model.update(dict(n_feats=8, n_blocks=1, n_resblocks=1))
     c.batch_size = 2
     c.patch_size = 32

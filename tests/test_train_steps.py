@@ -1,7 +1,5 @@
 """Training steps: data-parallel equivalence, frozen teacher, encoder-only warm-up."""
 
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -11,27 +9,6 @@ import pytest
 
 from kdsr_jax import models
 from kdsr_jax.train import sharding, state as state_lib, steps
-
-
-@pytest.fixture(autouse=True)
-def classic_degradation(monkeypatch):
-    """STAND-IN until kdsr_jax.degradation.classic lands: box x4 down + keyed noise + 8-bit."""
-    try:
-        import kdsr_jax.degradation.classic  # noqa: F401
-        return
-    except ImportError:
-        pass
-    fake = types.ModuleType("kdsr_jax.degradation.classic")
-
-    def degrade(key, hr, cfg):
-        b, h, w, c = hr.shape
-        x = jax.image.resize(hr, (b, h // 4, w // 4, c), "linear")
-        x = x + 0.02 * jax.random.normal(key, x.shape)
-        return jnp.round(jnp.clip(x, 0, 1) * 255) / 255
-
-    fake.degrade = degrade
-    fake.default_config = lambda: dict(blur_type="iso_gaussian", noise=0.0)
-    monkeypatch.setitem(sys.modules, "kdsr_jax.degradation.classic", fake)
 
 
 def _config(stage, encoder_epochs=0):

@@ -20,6 +20,8 @@ CLASSIC_GAMMA = 0.5           # §1.2 gamma_sr
 KD_TEMPERATURE = 0.15         # §0
 KD_WEIGHT = 1.0               # §0
 
+ANISO_TRAIN_NOISE = 25.0      # §1.2 aniso scripts: --noise 25 (0-255 units)
+
 GAN_ADAM = dict(b1=0.9, b2=0.99, eps=1e-8)  # §2.2
 GAN_BATCH = 72                # §2.1: 9 per GPU x 8 GPUs
 GAN_GT_CROP = 400             # §2.1 GT crop fed to the degradation
@@ -52,13 +54,9 @@ def classic_degradation(aniso: bool = False) -> ml_collections.ConfigDict:
     """Training-time classic degradation (DEGRADATION.md §1, TRAINING.md §1.2)."""
     from kdsr_jax.degradation import classic
 
-    cfg = ml_collections.ConfigDict(classic.default_config())
-    if aniso:
-        cfg.blur_type = "aniso_gaussian"
-        cfg.noise = 25.0
-    else:
-        cfg.blur_type = "iso_gaussian"
-        cfg.noise = 0.0
+    cfg = classic.default_config()     # random=True, one draw per batch (util2)
+    cfg.blur = "aniso" if aniso else "iso"
+    cfg.noise = ANISO_TRAIN_NOISE if aniso else 0.0
     return cfg
 
 
