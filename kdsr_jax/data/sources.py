@@ -158,7 +158,7 @@ class HRSource:
         try:
             img = self._decode(index)
         except images.ImageError as exc:
-            self._mark_bad(index, str(exc))
+            self._mark_bad(index, _reason(self._names[index], exc))
             return None
         if min(img.shape[:2]) < self.min_size:
             self._mark_bad(index, f"too small ({img.shape[0]}x{img.shape[1]} < {self.min_size})")
@@ -216,7 +216,7 @@ class FolderSource(HRSource):
             try:
                 height, width = images.probe_image(path)
             except images.ImageError as exc:
-                skipped[path] = str(exc)
+                skipped[path] = _reason(path, exc)
             else:
                 if min(height, width) < (min_size or 0):
                     skipped[path] = f"too small ({height}x{width} < {min_size})"
@@ -231,6 +231,12 @@ class FolderSource(HRSource):
 
     def _decode(self, index: int) -> np.ndarray:
         return images.load_image(self._names[index])
+
+
+def _reason(name: str, exc: Exception) -> str:
+    """An ImageError message without its leading '<name>: ' (the name is logged anyway)."""
+    text = str(exc)
+    return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
 
 
 def _as_rgb_uint8(img: np.ndarray, name: str) -> np.ndarray:
