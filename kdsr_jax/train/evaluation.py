@@ -89,8 +89,10 @@ def to_uint8(x) -> np.ndarray:
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    h, w, c = lr.shape
-    return np.asarray(jax.image.resize(jnp.asarray(lr), (h * scale, w * scale, c), "bicubic"))
+    """The 'bicubic' baseline: the classic pipeline's bicubic x`scale` of the LR."""
+    from kdsr_jax.degradation import bicubic
+
+    return np.asarray(bicubic.upscale(jnp.asarray(lr)[None], scale)[0])
 
 
 def run(predict, params, pairs: list[EvalPair], scale: int):
