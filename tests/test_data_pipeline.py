@@ -108,8 +108,7 @@ def test_folder_source_skips_each_bad_file_with_one_warning_and_counts_it(tmp_pa
         buf, "JPEG", quality=95)
     (folder / "h_cut_pixels.jpg").write_bytes(buf.getvalue()[:-800])  # header intact
     values16 = np.full((30, 30, 3), 257 * 7 + 200, np.uint16)
-    from tests.test_data_images import write_png16
-    write_png16(folder / "i_16bit.png", values16)
+    (folder / "i_16bit.png").write_bytes(images.encode_png16(values16))
 
     with caplog.at_level(logging.WARNING, logger="kdsr_jax.data.sources"):
         src = sources.make_source(folder_cfg(folder, min_size=16))

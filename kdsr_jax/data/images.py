@@ -325,7 +325,9 @@ def probe_image(path) -> tuple[int, int]:
         _check_png_complete(path)
         with Image.open(path) as im:
             width, height = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            # PNG EXIF may follow the pixel data (Pillow then decodes everything to find
+            # it); orientation there is rare, so PNG sizes are taken as stored.
+            if im.format != "PNG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
             return height, width
     except ImageError:
