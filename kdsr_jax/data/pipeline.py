@@ -300,7 +300,7 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=processes))
         return it_ds
 
-    fingerprint = {"source": source.describe(), "num_images": len(source), "seed": int(seed),
+    fingerprint = {"source": data_cfg.get("source", "bundled"), "num_images": len(source), "seed": int(seed),
                    "batch_size": int(batch_size), "local_batch": local_batch,
                    "patch_size": int(patch_size), "augment": augment, "crop": crop,
                    "small_images": small, "process_index": int(process_index),
