@@ -22,7 +22,8 @@ an uninterrupted run yields from the same step.
 
 Checkpointing: `get_state()` returns a JSON-serialisable dict (save it with e.g.
 `orbax.checkpoint.args.JsonSave`, one file per host); `set_state(state)` restores it
-and refuses a state written by a differently configured pipeline.
+and refuses a state written by a differently configured pipeline (source kind, image
+count, seed, batch, patch, augment, crop, host); the data folder itself may move.
 """
 
 from __future__ import annotations
@@ -300,7 +301,8 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=processes))
         return it_ds
 
-    fingerprint = {"source": data_cfg.get("source", "bundled"), "num_images": len(source), "seed": int(seed),
+    fingerprint = {"source": data_cfg.get("source", "bundled"), "num_images": len(source),
+                   "seed": int(seed),
                    "batch_size": int(batch_size), "local_batch": local_batch,
                    "patch_size": int(patch_size), "augment": augment, "crop": crop,
                    "small_images": small, "process_index": int(process_index),
