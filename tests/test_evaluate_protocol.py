@@ -25,38 +25,6 @@ evaluate_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate_script)
 
 
-try:
-    from kdsr_jax.degradation import classic  # noqa: F401
-    HAVE_CLASSIC = True
-except ImportError:
-    HAVE_CLASSIC = False
-
-
-def _standin_synthesize_lr(hr_u8, deg, scale, key):
-    """STAND-IN (tests only) for protocol.synthesize_lr until
-    kdsr_jax.degradation.classic lands: kernel -> reflect blur -> bicubic down ->
-    noise -> quantise, from the already-landed degradation pieces."""
-    import jax
-    from kdsr_jax.degradation import bicubic, filters, kernels
-
-    hr = jnp.asarray(hr_u8, jnp.float32)[None] / 255.0
-    if deg.blur_type == "iso_gaussian":
-        k = kernels.isotropic_gaussian(deg.sig)
-    else:
-        k = kernels.anisotropic_gaussian(deg.lambda1, deg.lambda2,
-                                         kernels.degrees_to_radians(deg.theta))
-    lr = bicubic.downscale(filters.filter2d(hr, k), scale)
-    if deg.noise:
-        lr = lr + jax.random.normal(key, lr.shape) * deg.noise / 255.0
-    return np.asarray(jnp.round(jnp.clip(lr * 255, 0, 255)) / 255)[0]
-
-
-@pytest.fixture(autouse=True)
-def _classic_standin(monkeypatch):
-    if not HAVE_CLASSIC:   # STAND-IN: removed once classic.py exists
-        monkeypatch.setattr(protocol, "synthesize_lr", _standin_synthesize_lr)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     sp = spec_lib.preset("tiny")

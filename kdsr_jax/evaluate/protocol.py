@@ -120,16 +120,12 @@ def crop_to_scale(img: np.ndarray, scale: int) -> np.ndarray:
 # ----------------------------------------------------------------- LR synthesis --
 
 def _classic_config(deg: Degradation, scale: int):
+    """Deterministic (`random=False`) classic config with the official parameter names."""
     from kdsr_jax.degradation import classic
 
-    kw = dict(scale=scale, blur_type=deg.blur_type, sig=deg.sig, lambda_1=deg.lambda1,
-              lambda_2=deg.lambda2, theta=deg.theta, noise=deg.noise)
-    if hasattr(classic, "test_config"):
-        return classic.test_config(**kw)
-    cfg = classic.default_config()
-    for k, v in {**kw, "random": False}.items():
-        setattr(cfg, k, v) if not isinstance(cfg, dict) else cfg.__setitem__(k, v)
-    return cfg
+    return classic.test_config(scale=scale, blur_type=deg.blur_type, sig=deg.sig,
+                               lambda_1=deg.lambda1, lambda_2=deg.lambda2, theta=deg.theta,
+                               noise=deg.noise)
 
 
 def noise_key(dataset_index: int, image_index: int, degradation_index: int) -> jax.Array:
