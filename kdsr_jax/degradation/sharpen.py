@@ -15,6 +15,8 @@ one along W. The default ``method='separable'`` does exactly that, with each pas
 matrix product whose (n, n) matrix folds in the reflect padding (a "band" matrix); it is
 ~25x fewer multiply-adds than the 2-D filter and maps onto matmul units.
 ``method='filter2d'`` uses the shared 2-D ``filters.filter2d`` as a reference.
+Measured on the shared 2-core CPU (load ~10, indicative), 16x256x256x3, jitted:
+separable ~0.3-0.4 s per call, filter2d ~21 s. Both meet the fixture at 1e-5.
 """
 
 from __future__ import annotations
