@@ -49,7 +49,7 @@ from kdsr_jax.convert import torch_io
 from kdsr_jax.convert.mapping import (PARAM_KEY, PARAM_KEY_EMA, ConversionError,
                                       from_state_dict, state_dict_from_variables,
                                       torch_metadata)
-from kdsr_jax.models import build_model, init_variables
+from kdsr_jax.models import abstract_variables, build_model
 from kdsr_jax.models.spec import ModelSpec
 
 __all__ = ["ConversionError", "from_torch", "from_state_dict", "spec_of", "to_torch",
@@ -98,7 +98,7 @@ def to_torch(spec: ModelSpec, variables, path) -> None:
 
 
 def _abstract_variables(spec: ModelSpec):
-    return jax.eval_shape(lambda k: init_variables(spec, k), jax.random.key(0))
+    return abstract_variables(spec)
 
 
 def save_converted(directory, spec: ModelSpec, variables, overwrite: bool = False) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from kdsr_jax.models import init_variables
+from kdsr_jax.models import abstract_variables
 from kdsr_jax.models.kdsr import upsampler_stages
 from kdsr_jax.models.layers import RGB_MEAN, mean_shift_bias, mean_shift_weight
 from kdsr_jax.models.spec import ModelSpec
@@ -131,7 +131,7 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 
 def expected_torch_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """torch key -> shape for `spec`, derived from the Flax model itself (no allocation)."""
-    shapes = jax.eval_shape(lambda k: init_variables(spec, k), jax.random.key(0))
+    shapes = abstract_variables(spec)
     out = {}
     if spec.kind != "discriminator":
         out.update({MEANSHIFT_KEYS[0]: (3, 3, 1, 1), MEANSHIFT_KEYS[1]: (3,),

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Convert official KDSR PyTorch checkpoints to kdsr-jax (orbax + model.json) and back.
+
+    # official .pth/.pt (classic teacher/student, GAN {'params','params_ema'}, U-Net D)
+    python scripts/convert.py --input KDSRsM_iso_x4.pt --output converted/KDSRsM_x4
+    # converted directory -> .pth in the official layout (loads with strict=True)
+    python scripts/convert.py --to-torch --input converted/KDSRsM_x4 --output KDSRsM_x4.pth
+
+Flags:
+  --input PATH       source: a .pth/.pt file (default mode) or a converted directory
+                     (with --to-torch).
+  --output PATH      destination: a directory (default mode) or a .pth file (--to-torch).
+  --to-torch         export a converted directory back to the official .pth layout.
+  --overwrite        replace an existing converted directory's weights.
+  --dynconv IMPL     dynamic-conv formulation stored in model.json: auto|shift|grouped.
+  --no-d-skip        discriminator only: the checkpoint was trained with
+                     skip_connection=False (weights cannot tell).
+
+Bad input (missing/truncated/non-checkpoint file, unsafe pickle, keys that do not match
+a KDSR network) prints one line `error: ...` to stderr and exits with status 1.
+The logic lives in `kdsr_jax.convert`; this file only parses flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Convert official KDSR PyTorch checkpoints to kdsr-jax and back.")
+    p.add_argument("--input", required=True,
+                   help="a .pth/.pt file, or a converted directory with --to-torch")
+    p.add_argument("--output", required=True,
+                   help="a directory to create, or a .pth path with --to-torch")
+    p.add_argument("--to-torch", action="store_true",
+                   help="export a converted directory to an official-layout .pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the weights of an existing converted directory")
+    p.add_argument("--dynconv", default="auto", choices=("auto", "shift", "grouped"),
+                   help="dynamic-conv formulation recorded in model.json (default: auto)")
+    p.add_argument("--no-d-skip", action="store_true",
+                   help="discriminator trained with skip_connection=False")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> str:
+    from kdsr_jax import convert
+    from kdsr_jax.convert.mapping import describe
+
+    if args.to_torch:
+        model, variables = convert.load_converted(args.input)
+        convert.to_torch(model.spec, variables, args.output)
+        return f"wrote {describe(model.spec)} to {args.output}"
+    overrides = {"dynconv": args.dynconv}
+    if args.no_d_skip:
+        overrides["d_skip_connection"] = False
+    model, variables = convert.from_torch(args.input, **overrides)
+    if args.no_d_skip and model.spec.kind != "discriminator":
+        raise ValueError("--no-d-skip applies only to discriminator checkpoints")
+    convert.save_converted(args.output, model.spec, variables, overwrite=args.overwrite)
+    return f"converted {describe(model.spec)} to {args.output}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        print(run(args))
+    except (ValueError, OSError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
