@@ -206,6 +206,10 @@ def _run_fixture(fixtures_dir, name):
                    else z["lr_prequant_noiseless"])
     unq_lr = lr_pre + (_nhwc(z["noise"]) if "noise" in z.files else 0)
     quantised = {"out_lr": (out.lr, _nhwc(z["out_lr"]), unq_lr)}
+    if "noise" not in z.files and "sig=" in cfg_json["official_call"] and \
+            z["kernel"].size:                        # iso: `degrade` takes the fast path
+        fast = jax.jit(lambda k, x: classic.degrade(k, x, cfg))(jax.random.PRNGKey(3), hr)
+        quantised["out_lr (separable fast path)"] = (fast, _nhwc(z["out_lr"]), unq_lr)
     if "out_hr_blured" in z.files:
         up = classic.upsample_lr(out.lr_noisy, s, quantized=False)
         unq_up = _nhwc(z["hr_blured_prequant"]) if "hr_blured_prequant" in z.files else up
@@ -229,6 +233,36 @@ def test_pipeline_float_outputs_match_fixture(fixtures_dir, name):
         s = z["in_hr"].shape[2] // z["out_lr"].shape[2]
         up = classic.upsample_lr(out.lr_noisy, s, quantized=False)
         assert _max_err(up, _nhwc(z["hr_blured_prequant"])) <= RESIZE_TOL
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_PIPELINE_FIXTURES
+                                  if "iso_sig" in n and "sig0" not in n]
+                         + ["deg_srmd_util2_random_iso_noise_x4"])
+def test_separable_iso_fast_path_matches_fixture_lr_prequant(fixtures_dir, name):
+    """iso_blur_downscale (blur + bicubic as two matmuls): lr_prequant(_noiseless) 1e-6."""
+    z, cfg_json = _load(fixtures_dir, name)
+    sigma = (z["sampled_sigma"] if "sampled_sigma" in z.files
+             else np.float32([cfg_json["params"]["sig"]]))
+    s = z["in_hr"].shape[2] // z["out_lr"].shape[2]
+    lr = jax.jit(classic.iso_blur_downscale, static_argnums=2)(
+        jnp.asarray(_nhwc(z["in_hr"])), sigma, s)
+    pre = z["lr_prequant"] if "lr_prequant" in z.files else z["lr_prequant_noiseless"]
+    assert _max_err(lr, _nhwc(pre)) <= RESIZE_TOL
+
+
+def test_separable_fast_path_equals_2d_blur_per_image():
+    """Per-image sigmas: iso_blur_downscale == apply(2-D kernels).lr_clean within 1e-6,
+    and `degrade` == `degrade_full(...).lr` for the same key except rounding ties."""
+    hr = jax.random.uniform(jax.random.PRNGKey(11), (3, 40, 48, 3))
+    sigma = jnp.asarray([0.2, 1.7, 3.99])
+    fast = classic.iso_blur_downscale(hr, sigma, 4)
+    ref = classic.apply(hr, classic.kernels_from_params({"sigma": sigma}), 4).lr_clean
+    assert _max_err(fast, ref) <= RESIZE_TOL
+    cfg = _cfg(per_sample=True, noise=25.0)
+    key = jax.random.PRNGKey(12)
+    lr = jax.jit(lambda k, x: classic.degrade(k, x, cfg))(key, hr)
+    full = jax.jit(lambda k, x: classic.degrade_full(k, x, cfg))(key, hr)
+    _quantised_mismatch(lr, full.lr, full.lr_noisy, "degrade vs degrade_full")
 
 
 @pytest.mark.parametrize("name", ALL_PIPELINE_FIXTURES)
