@@ -75,6 +75,7 @@ def _per_sample(x):
 # Gaussian noise.
 # --------------------------------------------------------------------------------------
 
+@jax.jit
 def gaussian_noise(key, img, sigma, gray) -> jax.Array:
     """Noise field (B, H, W, 3) for per-sample σ (0–255 units) and gray flags (0/1)."""
     k_color, k_gray = jax.random.split(key)
@@ -164,6 +165,7 @@ def _poisson_counts(key, levels, exponent):
     return lo
 
 
+@jax.jit
 def poisson_noise(key, img, gray, valid_hw=None) -> jax.Array:
     """Unscaled Poisson noise (B, H, W, 3) for per-sample gray flags (§2.4)."""
     k_color, k_gray = jax.random.split(key)
