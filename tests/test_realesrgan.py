@@ -82,7 +82,25 @@ def _static_reference(gt, kernels, d, cfg):
     return out
 
 
-_degrade_with = jax.jit(lambda gt, k, d: rg.degrade_with(gt, k, d, _small_cfg()))
+# Counts traces of the image pipeline (installed before anything is compiled).
+TRACES = []
+_original_degrade_with = rg.degrade_with
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _count_traces():
+    def counting(*args, **kwargs):
+        TRACES.append(1)
+        return _original_degrade_with(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rg, "degrade_with", counting)
+        yield
+
+
+def _degrade_with(gt, kernels, d):
+    """The unrounded LR of the shared jitted pipeline (one compilation per module)."""
+    return rg.make_degrade_fn(_small_cfg()).apply(gt, kernels, d)["lq_full"]
 
 # (resize1 factor, mode1, second blur, resize2 factor, mode2, resize first, final mode)
 CASES = [
@@ -109,10 +127,10 @@ def test_canvas_pipeline_equals_static_composition(case):
     want = np.asarray(_static_reference(gt, kernels, d, _small_cfg()))
     assert got.shape == want.shape == (B, ORI // 4, ORI // 4, 3)
     err = np.abs(got - want)
-    # The two paths differ only by float32 summation order (canvas matrices carry zero
-    # columns); JPEG rounding can turn a 1e-7 difference into a flipped coefficient,
-    # hence the DiffJPEG criterion of fixtures/README.md.
-    assert np.mean(err <= 1e-5) >= 0.99, np.mean(err <= 1e-5)
+    # On CPU the two paths agree bit for bit; elsewhere they may differ by float32
+    # summation order (canvas matrices carry zero columns), and JPEG rounding can turn
+    # a 1e-7 difference into a flipped coefficient (fixtures/README.md DiffJPEG note).
+    assert np.mean(err <= 1e-6) >= 0.999, np.mean(err <= 1e-6)
     assert err.max() <= 0.05, err.max()
 
 
@@ -143,23 +161,13 @@ def test_filter2d_in_canvas_equals_filter2d_of_valid_region():
         assert not np.asarray(got)[:, h:].any() and not np.asarray(got)[:, :, w:].any()
 
 
-@pytest.fixture(scope="module")
-def jitted_degrade():
-    traces = []
-    cfg = _small_cfg()
-
-    def fn(key, gt):
-        traces.append(1)
-        return rg.degrade(key, gt, cfg)
-
-    return jax.jit(fn), traces
-
-
-def test_degrade_outputs_shapes_dtypes_8bit_range_and_compiles_once(jitted_degrade):
-    fn, traces = jitted_degrade
+def test_degrade_outputs_shapes_dtypes_8bit_range_and_compiles_once():
+    fn = rg.make_degrade_fn(_small_cfg())
     gt = _gt()
-    outs = [fn(jax.random.key(s), gt) for s in range(3)]
-    assert len(traces) == 1
+    outs = [fn(jax.random.key(0), gt)]
+    traces_after_first = len(TRACES)
+    outs += [fn(jax.random.key(s), gt) for s in (1, 2, 3)]
+    assert len(TRACES) == traces_after_first <= 1  # new keys never retrace
     for gt_patch, lq_patch in outs:
         assert gt_patch.shape == (B, 64, 64, 3) and gt_patch.dtype == jnp.float32
         assert lq_patch.shape == (B, 16, 16, 3) and lq_patch.dtype == jnp.float32

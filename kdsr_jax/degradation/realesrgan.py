@@ -331,9 +331,25 @@ def paired_crop(gt, lq, top, left, lq_patch: int, scale: int):
     return gt_out, lq_out
 
 
-def _cfg_key(cfg) -> str:
-    return json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
-                      sort_keys=True)
+def degrade_parts(gt, kernels, decisions, cfg) -> dict[str, jax.Array]:
+    """Steps 1–10 with explicit kernels and decisions.
+
+    Returns {'gt_patch', 'lq_patch'} (the `degrade` outputs) and 'lq_full', the
+    unrounded (B, H//scale, W//scale, 3) LR before step 9.
+    """
+    geo = _check_gt(gt, cfg)
+    lq_full = degrade_with(gt, kernels, decisions, cfg)
+    gt_patch, lq_patch = paired_crop(gt.astype(jnp.float32), quantize(lq_full),
+                                     decisions["crop_top"], decisions["crop_left"],
+                                     geo.lq_patch, geo.scale)
+    return {"gt_patch": gt_patch, "lq_patch": lq_patch, "lq_full": lq_full}
+
+
+def sample_all(key, batch_size: int, cfg, gt_hw=None):
+    """(kernels, decisions) for one batch: everything random in `degrade`."""
+    k_kernels, k_decisions = jax.random.split(key)
+    kernels = random_kernels.sample_kernels(k_kernels, batch_size, cfg)
+    return kernels, sample_decisions(k_decisions, batch_size, cfg, gt_hw)
 
 
 def degrade(key, gt, cfg):
@@ -341,25 +357,47 @@ def degrade(key, gt, cfg):
 
     gt: (B, H, W, 3) float in [0, 1] (H = W = cfg.gt_input_size = 400 in training).
     Returns GT (B, gt_size, gt_size, 3) and 8-bit-valued LQ (B, gt_size/scale, …, 3)
-    patches, float32. Jit-friendly: every size is traced, so a jitted caller compiles
-    once for all keys.
+    patches, float32. Traceable: every size is a traced value, so a jitted caller
+    compiles once for all keys. `make_degrade_fn` gives a ready jitted version.
     """
     geo = _check_gt(gt, cfg)
-    k_kernels, k_decisions = jax.random.split(key)
-    b = gt.shape[0]
-    kernels = random_kernels.sample_kernels(k_kernels, b, cfg)
-    decisions = sample_decisions(k_decisions, b, cfg, geo.ori)
-    lq = quantize(degrade_with(gt, kernels, decisions, cfg))
-    return paired_crop(gt.astype(jnp.float32), lq, decisions["crop_top"],
-                       decisions["crop_left"], geo.lq_patch, geo.scale)
+    kernels, decisions = sample_all(key, gt.shape[0], cfg, geo.ori)
+    out = degrade_parts(gt, kernels, decisions, cfg)
+    return out["gt_patch"], out["lq_patch"]
+
+
+class DegradeFn:
+    """Jitted `degrade` for one config: `fn(key, gt) -> (gt_patch, lq_patch)`.
+
+    Sampling (`sample`) and the image pipeline (`apply` = `degrade_parts`) are two
+    jitted programs, each compiled once per GT shape; `apply` can be fed explicit
+    kernels/decisions.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict")
+                                             else dict(cfg))
+        self.sample = jax.jit(functools.partial(sample_all, cfg=self.cfg),
+                              static_argnames=("batch_size", "gt_hw"))
+        self.apply = jax.jit(functools.partial(degrade_parts, cfg=self.cfg))
+
+    def __call__(self, key, gt):
+        geo = _check_gt(gt, self.cfg)
+        kernels, decisions = self.sample(key, batch_size=gt.shape[0], gt_hw=geo.ori)
+        out = self.apply(gt, kernels, decisions)
+        return out["gt_patch"], out["lq_patch"]
+
+
+def _cfg_key(cfg) -> str:
+    return json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+                      sort_keys=True)
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(cfg_json: str):
-    cfg = ml_collections.ConfigDict(json.loads(cfg_json))
-    return jax.jit(lambda key, gt: degrade(key, gt, cfg))
+def _cached_fn(cfg_json: str) -> DegradeFn:
+    return DegradeFn(ml_collections.ConfigDict(json.loads(cfg_json)))
 
 
-def make_degrade_fn(cfg):
-    """A jitted `fn(key, gt) -> (gt_patch, lq_patch)` for this config (cached)."""
-    return _jitted(_cfg_key(cfg))
+def make_degrade_fn(cfg) -> DegradeFn:
+    """The (cached) `DegradeFn` of this config."""
+    return _cached_fn(_cfg_key(cfg))
