@@ -59,6 +59,8 @@ MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
 FORMAT_NAME = "kdsr-jax-converted"
 FORMAT_VERSION = 1
+# ModelSpec fields the weights cannot reveal, settable in `from_torch`.
+SPEC_OVERRIDES = frozenset({"dynconv", "d_skip_connection"})
 
 
 def spec_of(model) -> ModelSpec:
@@ -74,6 +76,9 @@ def from_torch(path, dtype=None, **spec_overrides):
     Raises `torch_io.CheckpointError` for unreadable files and `ConversionError` for
     files that do not hold a KDSR network (both ValueErrors with one-line messages).
     """
+    unknown = sorted(set(spec_overrides) - SPEC_OVERRIDES)
+    if unknown:
+        raise ValueError(f"from_torch: cannot override {unknown}; only {sorted(SPEC_OVERRIDES)}")
     obj = torch_io.load_pth(path)
     try:
         spec, variables = from_state_dict(obj, **spec_overrides)
