@@ -24,6 +24,8 @@ def get_config(arg=None):
     c.d_lr = 1e-4                        # D lr stays 1e-4 for the whole run
     c.usm_teacher_gt = "v2" in variants  # V2: teacher's HR input is USM(gt)
     c.gan_weight = 1.0
+    # UNetDiscriminatorSN(num_in_ch=3, num_feat=64, skip_connection=True), random init.
+    c.discriminator = ml_collections.ConfigDict(dict(num_feat=64, skip_connection=True))
     c.perceptual = ml_collections.ConfigDict(dict(
         vgg_path="",
         weight=1.0,

@@ -27,7 +27,6 @@ GAN_BATCH = 72                # §2.1: 9 per GPU x 8 GPUs
 GAN_GT_CROP = 400             # §2.1 GT crop fed to the degradation
 GAN_SEED = 0                  # §2.1 manual_seed: 0
 GAN_EMA_DECAY = 0.999         # §2.2
-GAN_POOL_SIZE = 180           # §2.1 / DEGRADATION.md §2.3 (per process)
 
 
 def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
@@ -129,8 +128,8 @@ def classic_stage(stage: str, variants: set[str]) -> ml_collections.ConfigDict:
         c.eval.sig = 3.6
     if "demo" in variants:
         apply_demo(c)
-        # Ours: a 100-step "epoch", higher lr, halved every 1000 steps.
-        c.schedule.update(dict(steps_per_epoch=100, lr=5e-4, decay_epochs=10,
+        # Ours: a 100-step "epoch", higher lr, halved every 300 steps.
+        c.schedule.update(dict(steps_per_epoch=100, lr=1e-3, decay_epochs=3,
                                encoder_epochs=0))
     return c
 
@@ -141,13 +140,13 @@ def apply_demo(c: ml_collections.ConfigDict) -> None:
     c.data.source = "bundled"
     c.data.split = "train"
     c.batch_size = 8
-    c.patch_size = 96
-    c.total_steps = 1500
+    c.patch_size = 64
+    c.total_steps = 600
     c.log_every_steps = 25
-    c.checkpoint_every_steps = 250
-    c.eval_every_steps = 500
-    c.eval.num_images = 4
-    c.eval.max_side = 192
+    c.checkpoint_every_steps = 200
+    c.eval_every_steps = 300
+    c.eval.num_images = 2
+    c.eval.max_side = 128
     c.eval.sig = 2.6
 
 
@@ -170,11 +169,10 @@ def gan_stage(stage: str, variants: set[str]) -> ml_collections.ConfigDict:
     c.ema_decay = GAN_EMA_DECAY
     c.data = data_config("folder", crop="pad_or_crop")
     c.degradation = realesrgan_degradation()
-    c.pool_size = GAN_POOL_SIZE
     c.checkpoint_every_steps = 10_000   # §2.2 checkpoints / validation every 1e4 it
     c.eval_every_steps = 10_000
     if "demo" in variants:
         apply_demo(c)
-        c.pool_size = 4 * c.batch_size
-        c.patch_size = 400
+        c.degradation.queue_size = 4 * c.batch_size
+        c.patch_size = c.degradation.gt_input_size
     return c

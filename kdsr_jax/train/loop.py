@@ -103,9 +103,7 @@ def build(config, spec: ModelSpec, key: jax.Array):
         fresh = state_lib.create(params=params, tx=tx, seed=config.seed)
         return steps.make_classic_step(config, model, teacher), fresh, frozen
 
-    from kdsr_jax.degradation import pool as pool_lib
-
-    pool = pool_lib.init(config.pool_size, config.patch_size, config.degradation)
+    pool = _init_pool(config)
     ema_params = None
     d_vars = None
     if config.stage == "gan_student":
@@ -128,6 +126,15 @@ def build(config, spec: ModelSpec, key: jax.Array):
     d_model = (models.build_model(_discriminator_spec(config), dtype=dtype)
                if config.stage == "gan" else None)
     return steps.make_gan_step(config, model, teacher, d_model), fresh, frozen
+
+
+def _init_pool(config):
+    """The training-pair pool (DEGRADATION.md §2.3) of `degradation.queue_size` pairs."""
+    if not config.degradation.queue_size:
+        return {}
+    from kdsr_jax.degradation import pool as pool_lib
+
+    return pool_lib.init(config.degradation, config.batch_size)
 
 
 def _load_vgg(config):

@@ -122,3 +122,102 @@ def make_classic_step(config: ml_collections.ConfigDict, model, teacher=None) ->
         return new_state, {"loss": loss, "lr": lr, **aux}
 
     return step
+
+
+def _pool_update(pool, gt, lq, key):
+    """Training-pair pool (DEGRADATION.md §2.3); identity while the pool is disabled."""
+    if not pool:
+        return pool, gt, lq
+    from kdsr_jax.degradation import pool as pool_lib
+
+    pool, batch = pool_lib.update(pool, {"gt": gt, "lq": lq}, key)
+    return pool, batch["gt"], batch["lq"]
+
+
+def make_gan_step(config: ml_collections.ConfigDict, model, teacher=None,
+                  discriminator=None) -> StepFn:
+    """KDSRNet_T (`gan_teacher`), KDSRNet_S (`gan_student`) or KDSRGAN_S (`gan`)."""
+    from kdsr_jax.degradation import realesrgan, sharpen
+    from kdsr_jax.train import vgg as vgg_lib
+
+    schedule = schedules.from_config(config.schedule)
+    tx = adam(config.optimizer)
+    deg_cfg = config.degradation
+    stage = config.stage
+    ema_decay = config.ema_decay
+    temperature, kd_weight = config.kd.temperature, config.kd.weight
+    if stage == "gan":
+        layer_weights = dict(config.perceptual.layer_weights)
+        vgg_net = vgg_lib.VGG19Features(layers=tuple(layer_weights))
+        perceptual_weight, gan_weight = config.perceptual.weight, config.gan_weight
+        usm_teacher = config.usm_teacher_gt
+        d_lr = config.d_lr
+
+    def step(state: TrainState, batch, frozen):
+        key = jax.random.fold_in(state.rng, state.step)
+        k_deg, k_pool = jax.random.split(key)
+        gt, lq = realesrgan.degrade(k_deg, _to_float(batch["hr"]), deg_cfg)
+        pool, gt, lq = _pool_update(state.pool, gt, lq, k_pool)
+        gt, lq = jax.lax.stop_gradient(gt), jax.lax.stop_gradient(lq)
+        lr = schedule(state.step)
+        metrics = {"lr": lr}
+        d_state = {}
+
+        if stage == "gan_teacher":
+            def loss_fn(p):
+                l1 = losses.l1(model.apply({"params": p}, lq, gt), gt)
+                return l1, ({"l1": l1}, None)
+        else:
+            # V2 (§2.5): the teacher's HR input is the USM-sharpened GT.
+            t_hr = sharpen.usm(gt) if stage == "gan" and usm_teacher else gt
+            _, t_fea = jax.lax.stop_gradient(
+                teacher.apply(frozen["teacher"], lq, t_hr, method="encode"))
+
+            def loss_fn(p):
+                sr, feats = model.apply({"params": p}, lq, return_features=True)
+                l1 = losses.l1(sr, gt)
+                kd = losses.kd(t_fea, feats["fea"], temperature)
+                aux = {"l1": l1, "kd": kd}
+                total = l1 + kd_weight * kd
+                if stage != "gan":
+                    return total, (aux, None)
+                features = lambda x: vgg_net.apply({"params": frozen["vgg"]}, x)
+                percep = losses.perceptual(features, sr, gt, layer_weights)
+                # G step with D frozen (no D gradient); D's power iteration still runs.
+                logits, d_vars = discriminator.apply(
+                    {"params": jax.lax.stop_gradient(state.d_params),
+                     "spectral": state.d_spectral}, sr, train=True, mutable=["spectral"])
+                g_gan = losses.bce_with_logits(logits, True)
+                total = total + perceptual_weight * percep + gan_weight * g_gan
+                return total, ({**aux, "perceptual": percep, "g_gan": g_gan},
+                               (sr, d_vars["spectral"]))
+
+        (loss, (aux, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        params, opt = _apply_groups(tx, state.params, grads, state.opt_state, lr)
+        metrics.update(aux, loss=loss, grad_norm=optax.tree.norm(grads))
+
+        if stage == "gan":
+            sr, spectral = extra
+            sr = jax.lax.stop_gradient(sr)
+
+            def d_loss_fn(dp):
+                real, v1 = discriminator.apply({"params": dp, "spectral": spectral}, gt,
+                                               train=True, mutable=["spectral"])
+                fake, v2 = discriminator.apply({"params": dp, "spectral": v1["spectral"]}, sr,
+                                               train=True, mutable=["spectral"])
+                l_real = losses.bce_with_logits(real, True)
+                l_fake = losses.bce_with_logits(fake, False)
+                return l_real + l_fake, (v2["spectral"], l_real, l_fake)
+
+            (d_loss, (spectral, l_real, l_fake)), d_grads = jax.value_and_grad(
+                d_loss_fn, has_aux=True)(state.d_params)
+            d_params, d_opt = _adam_apply(tx, state.d_params, d_grads, state.d_opt_state, d_lr)
+            d_state = dict(d_params=d_params, d_spectral=spectral, d_opt_state=d_opt)
+            metrics.update(d_real=l_real, d_fake=l_fake, d_loss=d_loss)
+
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt,
+                                  ema_params=ema_update(state.ema_params, params, ema_decay),
+                                  pool=pool, **d_state)
+        return new_state, metrics
+
+    return step
