@@ -36,10 +36,14 @@ def _reference(img, kernels):
     return out
 
 
+@pytest.mark.parametrize("path", ["row_split", "direct_conv"])
 @pytest.mark.parametrize("name,tol", [("shared", TOL_LONG), ("batch", TOL_LONG),
                                       ("k7", TOL_SHORT), ("asym", TOL_SHORT)])
-def test_filter2d_matches_basicsr_filter2d_fixture(fx, name, tol):
-    """basicsr_filter2d.npz out_<name> within 5e-6 (21x21) / 1e-6 (7x7, 5x5 asymmetric)."""
+def test_filter2d_matches_basicsr_filter2d_fixture(fx, name, tol, path, monkeypatch):
+    """basicsr_filter2d.npz out_<name> within 5e-6 (21x21) / 1e-6 (7x7, 5x5 asymmetric),
+    on both implementation paths (the direct conv is used for very large jobs)."""
+    if path == "direct_conv":
+        monkeypatch.setattr(filters, "ROWS_MAX_BYTES", 0)
     out = jax.jit(filters.filter2d)(jnp.asarray(_nhwc(fx["in_img"])), fx[f"kernel_{name}"])
     err = np.abs(np.asarray(out) - _nhwc(fx[f"out_{name}"])).max()
     assert err <= tol, f"{name}: max abs error {err}"

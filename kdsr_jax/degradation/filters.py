@@ -7,15 +7,20 @@ Implements BasicSR `filter2D` (DEGRADATION.md §2.4) and the classic `BatchBlur`
 A kernel of shape (k, k) or (1, k, k) is shared by the whole batch; (B, k, k) gives every
 image its own kernel. Output size = input size.
 
-Implementation (measured on a 2-core CPU, batch 16 of 256x256x3, 21x21 kernels, jitted;
-the machine was shared so numbers are indicative):
-* shared kernel: batch and channels folded into the conv batch, one 1-in/1-out conv
-  (B*C, H, W, 1) -- ~0.42 s; a C-group depthwise conv on NHWC was ~0.67 s, 441 shifted
-  multiply-adds ~1.1 s.
-* per-image kernels: batch and channels folded into the feature axis of one grouped
-  conv (1, H, W, B*C) with B*C groups -- ~1.4 s, about the same as `vmap` of the shared
-  conv (which lowers to the same grouped conv); XLA's `batch_group_count` was far slower.
-Both use `Precision.HIGHEST` so GPUs never drop to TF32/bf16 for the 441-tap sums.
+Implementation. Both paths use `Precision.HIGHEST` so GPUs never drop to TF32/bf16.
+* Row split (default): one conv with a 1 x k kernel and k output planes (plane r =
+  correlation of every padded row with kernel row r), then plane r shifted by r rows and
+  summed. Same 441 MACs per pixel as a k x k conv, but XLA runs a conv with k outputs
+  much better than a one-channel 21x21 conv. Shared kernels fold batch and channels into
+  the conv batch; per-image kernels fold them into a grouped conv's features.
+* Direct k x k conv when the row planes would exceed `ROWS_MAX_BYTES` (k times the
+  padded image; e.g. USM's 51x51 kernel on large batches).
+Measured on this project's 2-core CPU, jitted, batch 16 of 256x256x3, 21x21 kernels,
+while ~8 other jobs shared the cores (min of 3): shared kernel 0.82 s (direct conv
+2.2 s; on a quieter machine the direct conv took 0.42 s, a C-group NHWC depthwise conv
+0.67 s, 441 shifted multiply-adds 1.1 s); per-image kernels 2.7 s (direct grouped conv
+3.4 s; `vmap` of the shared conv lowers to the same grouped conv, XLA's
+`batch_group_count` was far slower).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import jax
 import jax.numpy as jnp
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+# Largest intermediate (bytes) of the row-split path; bigger jobs use the direct conv.
+ROWS_MAX_BYTES = 1 << 29
 
 
 def _check(img, kernels) -> tuple[int, int]:
@@ -68,17 +75,48 @@ def filter2d(img: jax.Array, kernels: jax.Array) -> jax.Array:
     b, h, w, c = img.shape
     x = reflect_pad(img.astype(jnp.float32), k // 2)                 # (B, Hp, Wp, C)
     kernels = kernels.astype(jnp.float32).reshape(nk, k, k)
+    hp = h + k - 1
+    hi = jax.lax.Precision.HIGHEST
+    if b * c * hp * w * k * 4 > ROWS_MAX_BYTES:
+        return _filter2d_direct(x, kernels, (b, h, w, c))
+    if nk == 1:
+        x = jnp.moveaxis(x, 3, 1).reshape(b * c, hp, w + k - 1, 1)   # (B*C, Hp, Wp, 1)
+        rhs = kernels[0].T[None, :, None, :]                         # (1, k, 1, k rows)
+        y = jax.lax.conv_general_dilated(x, rhs, (1, 1), "VALID", dimension_numbers=_DIMS,
+                                         precision=hi)               # (B*C, Hp, W, k)
+        y = _sum_shifted_rows(y, h)                                  # (B*C, H, W)
+        return jnp.moveaxis(y.reshape(b, c, h, w), 1, 3)
+    x = jnp.moveaxis(x, 0, 2).reshape(1, hp, w + k - 1, b * c)        # (1, Hp, Wp, B*C)
+    rhs = jnp.repeat(kernels, c, axis=0)                             # (B*C, k, k)
+    rhs = jnp.transpose(rhs, (2, 0, 1)).reshape(1, k, 1, b * c * k)  # group g: rows of K_g
+    y = jax.lax.conv_general_dilated(x, rhs, (1, 1), "VALID", dimension_numbers=_DIMS,
+                                     feature_group_count=b * c,
+                                     precision=hi)                   # (1, Hp, W, B*C*k)
+    y = _sum_shifted_rows(jnp.moveaxis(y[0].reshape(hp, w, b * c, k), 2, 0), h)
+    return jnp.moveaxis(y.reshape(b, c, h, w), 1, 3)
+
+
+def _filter2d_direct(x: jax.Array, kernels: jax.Array, shape) -> jax.Array:
+    """Padded x (B, Hp, Wp, C), kernels (nk, k, k): one k x k depthwise conv."""
+    b, h, w, c = shape
+    nk, k, _ = kernels.shape
     hp, wp = h + k - 1, w + k - 1
     hi = jax.lax.Precision.HIGHEST
     if nk == 1:
         x = jnp.moveaxis(x, 3, 1).reshape(b * c, hp, wp, 1)          # (B*C, Hp, Wp, 1)
-        rhs = kernels[0][:, :, None, None]                           # (k, k, 1, 1)
-        y = jax.lax.conv_general_dilated(x, rhs, (1, 1), "VALID", dimension_numbers=_DIMS,
-                                         precision=hi)
+        y = jax.lax.conv_general_dilated(x, kernels[0][:, :, None, None], (1, 1), "VALID",
+                                         dimension_numbers=_DIMS, precision=hi)
         return jnp.moveaxis(y.reshape(b, c, h, w), 1, 3)
     x = jnp.moveaxis(x, 0, 2).reshape(1, hp, wp, b * c)               # (1, Hp, Wp, B*C)
-    rhs = jnp.repeat(kernels, c, axis=0)                             # (B*C, k, k)
-    rhs = jnp.moveaxis(rhs, 0, 2)[:, :, None, :]                      # (k, k, 1, B*C)
+    rhs = jnp.moveaxis(jnp.repeat(kernels, c, axis=0), 0, 2)[:, :, None, :]
     y = jax.lax.conv_general_dilated(x, rhs, (1, 1), "VALID", dimension_numbers=_DIMS,
                                      feature_group_count=b * c, precision=hi)
     return jnp.moveaxis(y.reshape(h, w, b, c), 2, 0)
+
+
+def _sum_shifted_rows(y: jax.Array, h: int) -> jax.Array:
+    """(N, H + k - 1, W, k) row-filtered planes -> (N, H, W): sum_r plane r shifted by r."""
+    out = y[:, 0:h, :, 0]
+    for r in range(1, y.shape[-1]):
+        out = out + y[:, r:r + h, :, r]
+    return out
