@@ -1,5 +1,7 @@
 """Tests for kdsr_jax.degradation.realesrgan (reference/DEGRADATION.md §2.2)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,25 +62,26 @@ def _static_reference(gt, kernels, d, cfg):
     """Straightforward static-shape composition of filter2d / resize / jpeg."""
     geo = rg._Geometry(cfg, gt.shape[1:3])
     modes = rg.RESIZE_MODES
-    out = filters.filter2d(gt, kernels["kernel1"])
+    impl = cfg.blur_impl
+    out = rg.blur(gt, kernels["kernel1"], impl)
     f1 = float(d["resize1_factor"])
     out = interpolate.resize(out, None, modes[int(d["resize1_mode"])], scale_factor=f1)
     out = _static_noise(d["noise_keys"][0], out, geo.canvas1, d["noise1"])
     out = jpeg.compress(jnp.clip(out, 0, 1), d["jpeg1_quality"])
     if bool(d["second_blur"]):
-        out = filters.filter2d(out, kernels["kernel2"])
+        out = rg.blur(out, kernels["kernel2"], impl)
     n2 = int(np.floor(np.float32(ORI / cfg.scale) * np.float32(d["resize2_factor"])))
     out = interpolate.resize(out, (n2, n2), modes[int(d["resize2_mode"])])
     out = _static_noise(d["noise_keys"][1], out, geo.canvas2, d["noise2"])
     final_mode = modes[int(d["final_mode"])]
     if bool(d["final_resize_first"]):
         out = interpolate.resize(out, geo.lq, final_mode)
-        out = filters.filter2d(out, kernels["sinc_kernel"])
+        out = rg.blur(out, kernels["sinc_kernel"], impl)
         out = jpeg.compress(jnp.clip(out, 0, 1), d["jpeg2_quality"])
     else:
         out = jpeg.compress(jnp.clip(out, 0, 1), d["jpeg2_quality"])
         out = interpolate.resize(out, geo.lq, final_mode)
-        out = filters.filter2d(out, kernels["sinc_kernel"])
+        out = rg.blur(out, kernels["sinc_kernel"], impl)
     return out
 
 
@@ -148,17 +151,37 @@ def test_canvas_pipeline_with_poisson_noise_matches_static_statistics():
     assert abs(diff.mean()) < 0.01    # Poisson noise is unbiased (before clipping)
 
 
-def test_filter2d_in_canvas_equals_filter2d_of_valid_region():
+@pytest.mark.parametrize("impl", rg.BLUR_IMPLS)
+def test_filter2d_in_canvas_equals_filter2d_of_valid_region(impl):
     rng = np.random.default_rng(3)
     kernels = _kernels()["kernel1"]
+    f = jax.jit(functools.partial(rg.filter2d_in_canvas, impl=impl))
     for h, w in [(11, 11), (37, 50), (64, 64)]:
         img = rng.uniform(size=(B, h, w, 3)).astype(np.float32)
         canvas = np.zeros((B, 64, 64, 3), np.float32)
         canvas[:, :h, :w] = img
-        got = jax.jit(rg.filter2d_in_canvas)(canvas, kernels, (jnp.int32(h), jnp.int32(w)))
+        got = np.asarray(f(canvas, kernels, (jnp.int32(h), jnp.int32(w))))
         want = filters.filter2d(jnp.asarray(img), kernels)
-        np.testing.assert_allclose(np.asarray(got)[:, :h, :w], np.asarray(want), atol=5e-6)
-        assert not np.asarray(got)[:, h:].any() and not np.asarray(got)[:, :, w:].any()
+        # fixtures/README.md: 21x21 filter2D max abs <= 5e-6.
+        np.testing.assert_allclose(got[:, :h, :w], np.asarray(want), rtol=0, atol=5e-6)
+        assert not got[:, h:].any() and not got[:, :, w:].any()
+
+
+@pytest.mark.parametrize("name, tol", [("shared", 5e-6), ("batch", 5e-6), ("k7", 1e-6),
+                                       ("asym", 1e-6)])
+def test_fft_filter2d_matches_basicsr_filter2d_fixture(fixtures_dir, name, tol):
+    """basicsr_filter2d.npz, max abs 5e-6 (21x21) / 1e-6 (short filters)."""
+    z = np.load(fixtures_dir / "basicsr_filter2d.npz")
+    img = jnp.asarray(z["in_img"].transpose(0, 2, 3, 1))
+    got = np.asarray(rg.fft_filter2d(img, z[f"kernel_{name}"])).transpose(0, 3, 1, 2)
+    assert np.abs(got - z[f"out_{name}"]).max() <= tol
+
+
+def test_unknown_blur_impl_raises_value_error():
+    cfg = _small_cfg()
+    cfg.blur_impl = "winograd"
+    with pytest.raises(ValueError, match="winograd"):
+        rg.degrade(jax.random.key(0), _gt(), cfg)
 
 
 def test_degrade_outputs_shapes_dtypes_8bit_range_and_compiles_once():

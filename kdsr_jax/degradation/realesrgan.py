@@ -34,10 +34,12 @@ int32 scalar:
 * JPEG blocks are anchored at the top-left and the padding is zeros, so compressing the
   zero canvas equals compressing the valid image alone inside it (`jpeg.compress`);
   the result is re-zeroed outside the valid region;
+* the blurs are `fft_filter2d` (default) or `filters.filter2d` (cfg.blur_impl):
+  the same function, the FFT being ~70x faster on CPU for per-sample kernels;
 * the second blur must reflect at the *valid* border. We gather a reflect-extended copy
   of the valid image on a canvas 10 px (= 21 // 2) larger than the input canvas: every
   position p < n_valid + 10 holds the mirror image value reflect(p, n_valid) (NumPy
-  'reflect', valid because n_valid > 10). `filters.filter2d` on that array then reads,
+  'reflect', valid because n_valid > 10). filter2D on that array then reads,
   for every output pixel inside the valid region, only correct mirrored values (its own
   reflection at the array's top/left border is the same mirror at index 0, and its
   bottom/right border lies ≥ 10 px beyond the valid region), so cropping gives exactly
@@ -96,6 +98,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.betap_range2 = [1.0, 2.0]
     c.final_sinc_prob = 0.8
     c.blur_kernel_size = random_kernels.PAD_SIZE
+    # How the 21x21 per-sample blurs are computed (not in the ymls; see `blur`):
+    # 'fft' (default; ~70x faster on CPU, within 4e-7 of filter2D) or 'direct'
+    # (`filters.filter2d`, a grouped convolution).
+    c.blur_impl = "fft"
     # First degradation (§2.2 steps 2–4).
     c.resize_prob = [0.2, 0.7, 0.1]    # up, down, keep
     c.resize_range = [0.15, 1.5]
@@ -153,6 +159,10 @@ def _check_gt(gt, cfg) -> _Geometry:
                          f"for shape {tuple(shape)}")
     if shape[0] < 1:
         raise ValueError(f"{fn}: empty batch, shape {tuple(shape)}")
+    impl = cfg.get("blur_impl", "fft")
+    if impl not in BLUR_IMPLS:
+        raise ValueError(f"{fn}: unknown cfg.blur_impl {impl!r}; expected one of "
+                         f"{BLUR_IMPLS}")
     geo = _Geometry(cfg, shape[1:3])
     if min(geo.lq) < geo.lq_patch:
         raise ValueError(f"{fn}: GT shape {tuple(shape)} too small: its LR "
@@ -225,6 +235,45 @@ def sample_decisions(key, batch_size: int, cfg, gt_hw=None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
+# Blur.
+# --------------------------------------------------------------------------------------
+
+BLUR_IMPLS = ("fft", "direct")
+
+
+def fft_filter2d(img, kernels):
+    """BasicSR filter2D (reflect pad k//2, per-sample depthwise correlation) by FFT.
+
+    img (B, H, W, C), kernels (B, k, k). Same function as `filters.filter2d`; on CPU
+    XLA's grouped convolution for per-sample 21x21 kernels is ~70x slower than this
+    (batch 16 of 400x400: ~35 s vs ~0.5 s on the shared 2-core machine). The circular
+    correlation of the padded image with the zero-extended kernel never wraps for the
+    kept outputs (y + i ≤ H − 1 + k − 1 = Hp − 1). float32 FFT rounding: ≲ 1e-6 abs.
+    """
+    kernels = jnp.asarray(kernels, jnp.float32)
+    b, h, w, _ = img.shape
+    k = kernels.shape[-1]
+    padded = filters.reflect_pad(img.astype(jnp.float32), k // 2)     # (B, Hp, Wp, C)
+    hp, wp = padded.shape[1:3]
+    kernels = jnp.broadcast_to(kernels.reshape(-1, k, k), (b, k, k))
+    kz = jnp.zeros((b, hp, wp), jnp.float32).at[:, :k, :k].set(kernels)
+    spectrum = (jnp.fft.rfft2(padded, axes=(1, 2))
+                * jnp.conj(jnp.fft.rfft2(kz, axes=(1, 2)))[..., None])
+    out = jnp.fft.irfft2(spectrum, s=(hp, wp), axes=(1, 2))
+    return out[:, :h, :w].astype(jnp.float32)
+
+
+def blur(img, kernels, impl: str = "fft"):
+    """filter2D with the chosen implementation (`BLUR_IMPLS`)."""
+    if impl == "fft":
+        return fft_filter2d(img, kernels)
+    if impl == "direct":
+        return filters.filter2d(img, kernels)
+    raise ValueError(f"realesrgan.blur: unknown blur_impl {impl!r}; expected one of "
+                     f"{BLUR_IMPLS}")
+
+
+# --------------------------------------------------------------------------------------
 # Canvas operations.
 # --------------------------------------------------------------------------------------
 
@@ -239,7 +288,7 @@ def _reflect_index(n_out: int, n_valid):
     return jnp.clip(jnp.where(p > last, 2 * last - p, p), 0, None)
 
 
-def filter2d_in_canvas(img, kernels, valid_hw):
+def filter2d_in_canvas(img, kernels, valid_hw, impl: str = "fft"):
     """filter2D (reflect at the *valid* border) of the top-left valid region of a canvas.
 
     img (B, Hc, Wc, C); valid sizes traced, each > 10. Returns the canvas with the
@@ -249,7 +298,7 @@ def filter2d_in_canvas(img, kernels, valid_hw):
     rows = _reflect_index(hc + KERNEL_PAD, valid_hw[0])
     cols = _reflect_index(wc + KERNEL_PAD, valid_hw[1])
     extended = img[:, rows][:, :, cols]                   # (B, Hc+10, Wc+10, C)
-    out = filters.filter2d(extended, kernels)[:, :hc, :wc]
+    out = blur(extended, kernels, impl)[:, :hc, :wc]
     return _mask(out, valid_hw)
 
 
@@ -286,7 +335,8 @@ def degrade_with(gt, kernels, decisions, cfg):
     i32 = jnp.int32
 
     # ---- first degradation ----
-    out = filters.filter2d(gt, kernels["kernel1"])
+    impl = cfg.get("blur_impl", "fft")
+    out = blur(gt, kernels["kernel1"], impl)
     f1 = d["resize1_factor"].astype(jnp.float32)
     n1 = tuple(jnp.clip(jnp.floor(jnp.float32(v) * f1).astype(i32), 1, c)
                for v, c in zip(geo.ori, geo.canvas1))
@@ -296,7 +346,7 @@ def degrade_with(gt, kernels, decisions, cfg):
 
     # ---- second degradation ----
     out = jax.lax.cond(d["second_blur"],
-                       lambda x: filter2d_in_canvas(x, kernels["kernel2"], n1),
+                       lambda x: filter2d_in_canvas(x, kernels["kernel2"], n1, impl),
                        lambda x: x, out)
     f2 = d["resize2_factor"].astype(jnp.float32)
     n2 = tuple(jnp.clip(jnp.floor(jnp.float32(v / geo.scale) * f2).astype(i32), 1, c)
@@ -306,13 +356,13 @@ def degrade_with(gt, kernels, decisions, cfg):
 
     def resize_first(x):
         x = _resize_switch(x, d["final_mode"], n2, geo.lq, geo.lq)
-        x = filters.filter2d(x, kernels["sinc_kernel"])
+        x = blur(x, kernels["sinc_kernel"], impl)
         return jpeg.compress(jnp.clip(x, 0.0, 1.0), d["jpeg2_quality"])
 
     def jpeg_first(x):
         x = _jpeg_in_canvas(x, d["jpeg2_quality"], n2)
         x = _resize_switch(x, d["final_mode"], n2, geo.lq, geo.lq)
-        return filters.filter2d(x, kernels["sinc_kernel"])
+        return blur(x, kernels["sinc_kernel"], impl)
 
     return jax.lax.cond(d["final_resize_first"], resize_first, jpeg_first, out)
 
