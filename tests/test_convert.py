@@ -54,10 +54,21 @@ def test_from_torch_reads_discriminator_with_spectral_state(fixtures_dir):
                                   sd["conv3.weight_v"])
 
 
+def read_with_torch_or_numpy(path):
+    """torch.load(weights_only=True) when torch is installed (the real consumer of our
+    exports), else our own reader; tensors as numpy arrays either way."""
+    try:
+        import torch
+    except ImportError:  # torch is a test-only extra
+        return torch_io.load_pth(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    conv = lambda d: collections.OrderedDict((k, v.numpy()) for k, v in d.items())  # noqa: E731
+    return conv(obj) if "params" not in obj else {k: conv(v) for k, v in obj.items()}
+
+
 @pytest.mark.parametrize("name", ALL_FIXTURES)
 def test_import_export_import_is_exact_and_export_equals_official_file(fixtures_dir, name,
                                                                        tmp_path):
-    torch = pytest.importorskip("torch")
     src = fixtures_dir / f"{name}.pth"
     model, variables = convert.from_torch(src)
     out = tmp_path / "export.pth"
@@ -65,9 +76,8 @@ def test_import_export_import_is_exact_and_export_equals_official_file(fixtures_
     model2, variables2 = convert.from_torch(out)
     assert model2.spec == model.spec
     assert leaves_equal(variables, variables2)
-    # torch's own loader sees the official layout: same keys (and order), shapes, values
-    ref = torch.load(src, map_location="cpu", weights_only=True)
-    got = torch.load(out, map_location="cpu", weights_only=True)
+    # the official layout: same keys (and order), shapes, float32 values as the fixture
+    ref, got = read_with_torch_or_numpy(src), read_with_torch_or_numpy(out)
     if name.startswith("classic"):
         pairs = [(got, ref)]
     elif name == "gan_d_small":
@@ -79,8 +89,8 @@ def test_import_export_import_is_exact_and_export_equals_official_file(fixtures_
     for g, r in pairs:
         assert list(g) == list(r)
         for k in r:
-            assert g[k].dtype == torch.float32 and g[k].shape == r[k].shape, k
-            assert torch.equal(g[k], r[k]), k
+            assert g[k].dtype == np.float32 and g[k].shape == r[k].shape, k
+            assert np.array_equal(g[k], r[k]), k
 
 
 def test_exported_discriminator_loads_strictly_into_torch_spectral_norm_convs(fixtures_dir,
@@ -177,3 +187,19 @@ def test_from_torch_reports_unreadable_file_as_checkpoint_error(tmp_path, fixtur
     bad.write_bytes((fixtures_dir / "classic_st_small_x2.pth").read_bytes()[:5000])
     with pytest.raises(torch_io.CheckpointError):
         convert.from_torch(bad)
+
+
+@pytest.mark.parametrize("kind,setting,scale", [("teacher", "classic", 3), ("student", "gan", 3),
+                                                ("student", "classic", 2)])
+def test_fresh_tiny_models_round_trip_and_infer_spec_at_every_scale(kind, setting, scale,
+                                                                    tmp_path):
+    from kdsr_jax.models import init_variables, preset
+    spec = preset("tiny", kind=kind, scale=scale, setting=setting, n_blocks=2, n_resblocks=1)
+    variables = init_variables(spec, jax.random.key(0), lr_hw=(4, 4))
+    convert.to_torch(spec, variables, tmp_path / "m.pth")
+    model, back = convert.from_torch(tmp_path / "m.pth")
+    assert model.spec == spec and leaves_equal(variables, back)
+    sd = mapping.unwrap(torch_io.load_pth(tmp_path / "m.pth"))[0]
+    enc = "E" if kind == "teacher" else "E_st"
+    assert sd[f"{enc}.E.0.weight"].shape[1] == (3 + 3 * scale * scale if kind == "teacher" else 3)
+    assert sd["G.tail.0.0.weight"].shape[0] == (9 if scale == 3 else 4) * 16
