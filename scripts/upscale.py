@@ -55,6 +55,12 @@ def _quantizer(bits: int):
     return q
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_png_atomic(path: str, pixels: np.ndarray) -> None:
     """uint8 or uint16 (H, W, 3|4) -> PNG at `path`, via a temp file + rename."""
     from PIL import Image
@@ -70,6 +76,7 @@ def write_png_atomic(path: str, pixels: np.ndarray) -> None:
             else:
                 mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
                 Image.fromarray(pixels, mode).save(f, format="PNG", compress_level=1)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

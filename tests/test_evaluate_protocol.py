@@ -4,9 +4,9 @@ small real photos with the tiny preset."""
 import importlib.util
 import json
 import math
-import os
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,8 +15,7 @@ from PIL import Image
 
 from kdsr_jax import convert, evaluate
 from kdsr_jax.evaluate import protocol, tiling
-from kdsr_jax.evaluate.testing import random_variables
-from kdsr_jax.models import build_model, spec as spec_lib
+from kdsr_jax.models import build_model, init_variables, spec as spec_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"
@@ -28,7 +27,7 @@ _spec.loader.exec_module(evaluate_script)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     sp = spec_lib.preset("tiny")
-    v = random_variables(sp, 0)
+    v = init_variables(sp, jax.random.key(0))
     d = tmp_path_factory.mktemp("ckpt") / "tiny"
     convert.save_converted(d, sp, v)
     return str(d), build_model(sp), v

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from kdsr_jax.evaluate import tiling
-from kdsr_jax.evaluate.testing import random_variables
-from kdsr_jax.models import build_model, spec as spec_lib
+from kdsr_jax.models import build_model, init_variables, spec as spec_lib
 
 TOL = 1e-5  # float32 rounding only (brief: bucketed / tiled == unpadded within 1e-5)
 
@@ -16,7 +15,7 @@ TOL = 1e-5  # float32 rounding only (brief: bucketed / tiled == unpadded within 
 @pytest.fixture(scope="module")
 def tiny():
     sp = spec_lib.preset("tiny")
-    return build_model(sp), random_variables(sp, 0)
+    return build_model(sp), init_variables(sp, jax.random.key(0))
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +92,14 @@ def test_tiles_share_one_window_shape():
 
 def test_teacher_without_hr_is_a_clear_error():
     sp = spec_lib.preset("tiny", kind="teacher")
-    r = tiling.Runner(build_model(sp), random_variables(sp, 1))
+    r = tiling.Runner(build_model(sp), init_variables(sp, jax.random.key(1)))
     with pytest.raises(tiling.TeacherNeedsHRError, match="needs the HR image"):
         r.upscale(np.zeros((20, 20, 3), np.float32))
 
 
 def test_teacher_with_hr_on_a_canvas_equals_unpadded_teacher_forward():
     sp = spec_lib.preset("tiny", kind="teacher")
-    model, v = build_model(sp), random_variables(sp, 1)
+    model, v = build_model(sp), init_variables(sp, jax.random.key(1))
     lr, hr = _images([(19, 22)])[0], _images([(76, 88)], seed=3)[0]
     out = tiling.Runner(model, v).forward([lr], [hr], bucket=32)[0]
     ref = np.asarray(model.apply(v, jnp.asarray(lr[None]), jnp.asarray(hr[None])))[0]

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,8 +16,7 @@ from PIL import Image
 from kdsr_jax import convert
 from kdsr_jax.data import images
 from kdsr_jax.evaluate import protocol
-from kdsr_jax.evaluate.testing import random_variables
-from kdsr_jax.models import build_model, spec as spec_lib
+from kdsr_jax.models import build_model, init_variables, spec as spec_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "upscale.py"
@@ -35,7 +35,7 @@ upscale = _load_script()
 @pytest.fixture(scope="module")
 def student_ckpt(tmp_path_factory):
     sp = spec_lib.preset("tiny")
-    v = random_variables(sp, 0)
+    v = init_variables(sp, jax.random.key(0))
     d = tmp_path_factory.mktemp("ckpt") / "tiny_student"
     convert.save_converted(d, sp, v)
     return str(d), build_model(sp), v
@@ -45,7 +45,7 @@ def student_ckpt(tmp_path_factory):
 def teacher_ckpt(tmp_path_factory):
     sp = spec_lib.preset("tiny", kind="teacher")
     d = tmp_path_factory.mktemp("ckpt") / "tiny_teacher"
-    convert.save_converted(d, sp, random_variables(sp, 1))
+    convert.save_converted(d, sp, init_variables(sp, jax.random.key(1)))
     return str(d)
 
 
@@ -83,6 +83,9 @@ def test_folder_of_png_jpg_gray_rgba_16bit_is_upscaled(tmp_path, student_ckpt, c
     assert images.load_image_full(out / "e16.png")[2] == 16
     assert images.load_image(out / "c_gray.png").shape == (160, 176, 3)
     assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out / "a.png").st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_tiled_cli_output_equals_untiled(tmp_path, student_ckpt):

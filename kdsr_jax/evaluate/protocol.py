@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
