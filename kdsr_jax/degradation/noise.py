@@ -106,6 +106,12 @@ def random_add_gaussian_noise(key, img, sigma_range: Sequence[float], gray_prob:
                               valid_hw=None) -> jax.Array:
     """BasicSR `random_add_gaussian_noise_pt(clip=True, rounds=False)` (§2.4)."""
     _check_image(img, "noise.random_add_gaussian_noise")
+    return _random_gaussian(key, img, valid_hw, tuple(float(v) for v in sigma_range),
+                            float(gray_prob))
+
+
+@functools.partial(jax.jit, static_argnames=("sigma_range", "gray_prob"))
+def _random_gaussian(key, img, valid_hw, sigma_range, gray_prob):
     k_params, k_noise = jax.random.split(key)
     sigma, gray = sample_gaussian_params(k_params, img.shape[0], sigma_range, gray_prob)
     return add_gaussian_noise(k_noise, img, sigma, gray, valid_hw)
@@ -210,6 +216,12 @@ def random_add_poisson_noise(key, img, scale_range: Sequence[float], gray_prob: 
                              valid_hw=None) -> jax.Array:
     """BasicSR `random_add_poisson_noise_pt(clip=True, rounds=False)` (§2.4)."""
     _check_image(img, "noise.random_add_poisson_noise")
+    return _random_poisson(key, img, valid_hw, tuple(float(v) for v in scale_range),
+                           float(gray_prob))
+
+
+@functools.partial(jax.jit, static_argnames=("scale_range", "gray_prob"))
+def _random_poisson(key, img, valid_hw, scale_range, gray_prob):
     k_params, k_noise = jax.random.split(key)
     scale, gray = sample_poisson_params(k_params, img.shape[0], scale_range, gray_prob)
     return add_poisson_noise(k_noise, img, scale, gray, valid_hw)
