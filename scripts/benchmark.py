@@ -13,7 +13,10 @@ Examples:
 
 Threads: `--threads N` restricts this process's CPU affinity to N CPUs before JAX
 starts (XLA sizes its CPU thread pool from the affinity mask) and calls
-`torch.set_num_threads(N)`. Without it both use all CPUs they are allowed.
+`torch.set_num_threads(N)`. Without it both use all CPUs they are allowed. On a
+machine shared with other jobs (load average above the CPU count, printed at the end),
+torch's multi-threaded CPU kernels degrade much more than XLA's (their worker threads
+wait for each other at every op), so compare at `--threads 1` there as well.
 See `kdsr_jax/bench/runner.py` for what each section measures.
 """
 
@@ -73,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train steps to time: 'model' (self-contained L1+Adam step on ready "
                         "LR/HR) and/or 'project' (kdsr_jax.train classic teacher step, LR "
                         "synthesis included) (default: both)")
+    p.add_argument("--pipelines", type=_csv, default=("classic", "realesrgan"),
+                   help="degradation pipelines to time: classic,realesrgan (default: both)")
     p.add_argument("--pipeline-batch", type=int, default=16, help="pipeline batch (default 16)")
     p.add_argument("--classic-hr-size", type=int, default=256,
                    help="classic pipeline HR side (default 256)")
@@ -104,7 +109,7 @@ def main(argv=None) -> int:
             torch=args.torch, warmup=args.warmup, iters=args.iters,
             train_model=args.train_model, train_batch=args.train_batch,
             train_lr_size=args.train_lr_size, train_steps=args.train_steps,
-            pipeline_batch=args.pipeline_batch,
+            pipelines=args.pipelines, pipeline_batch=args.pipeline_batch,
             classic_hr_size=args.classic_hr_size, realesrgan_gt_size=args.realesrgan_gt_size,
             pipeline_teacher=args.pipeline_teacher, pipeline_student=args.pipeline_student,
             step_ratio=not args.no_step_ratio, seed=args.seed, threads_note=threads_note)

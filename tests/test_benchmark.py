@@ -70,6 +70,18 @@ def test_pipelines_section_skips_with_message_when_modules_are_missing(monkeypat
     assert "skipped" in runner.format_table(report)
 
 
+def test_classic_pipeline_smoke_reports_images_per_second(capsys):
+    """pipelines section, classic only, tiny sizes, no model-step ratio."""
+    pytest.importorskip("kdsr_jax.degradation.classic")
+    rc = _cli().main(["--sections", "pipelines", "--pipelines", "classic", "--pipeline-batch", "2",
+                      "--classic-hr-size", "32", "--no-step-ratio", "--iters", "2",
+                      "--warmup", "0", "--torch", "off"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    line = next(ln for ln in out.splitlines() if "classic degrade" in ln)
+    assert "32x32->8x8" in line and "img/s" in line
+
+
 def test_time_jax_separates_compile_from_runs():
     t, out = timing.time_jax(lambda x: x * 2, jnp.ones(3), warmup=1, iters=4)
     assert len(t.times_s) == 4 and t.compile_s > 0 and t.min_s <= t.median_s <= t.max_s

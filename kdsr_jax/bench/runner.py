@@ -17,8 +17,9 @@ Sections (`BenchConfig.sections`):
 * ``pipelines``: `degradation.classic.degrade` (batch of `classic_hr_size`^2 HR) and
   `degradation.realesrgan.degrade` (batch of `realesrgan_gt_size`^2 GT), images/s and
   compile time; each as a % of the model step it feeds at the same batch (classic ->
-  KDSRs-M teacher step, Real-ESRGAN -> KDSR-GAN student step with L1 + KD). A missing
-  module is reported as skipped.
+  KDSRs-M teacher step, Real-ESRGAN -> KDSR-GAN student step with L1 + KD; off with
+  `step_ratio=False`). `pipelines` selects which of the two run; a missing module is
+  reported as skipped.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class BenchConfig:
     train_batch: int = 4
     train_lr_size: int = 48
     train_steps: tuple[str, ...] = ("model", "project")
+    pipelines: tuple[str, ...] = ("classic", "realesrgan")
     pipeline_batch: int = 16
     classic_hr_size: int = 256
     realesrgan_gt_size: int = 400
@@ -84,6 +86,9 @@ class BenchConfig:
         bad = sorted(set(self.train_steps) - {"model", "project"})
         if bad:
             raise ValueError(f"unknown train step(s) {bad}; choose from ['model', 'project']")
+        bad = sorted(set(self.pipelines) - {"classic", "realesrgan"})
+        if bad:
+            raise ValueError(f"unknown pipeline(s) {bad}; choose from ['classic', 'realesrgan']")
         bad = sorted(set(self.dtypes) - set(DTYPES))
         if bad:
             raise ValueError(f"unknown dtype(s) {bad}; choose from {list(DTYPES)}")
@@ -304,8 +309,10 @@ def bench_pipelines(cfg: BenchConfig, key) -> tuple[list, list]:
     b = cfg.pipeline_batch
     k_c, k_r, k_s1, k_s2 = jax.random.split(key, 4)
 
-    classic = _import_degradation("classic")
-    if isinstance(classic, str):
+    classic = _import_degradation("classic") if "classic" in cfg.pipelines else None
+    if classic is None:
+        pass
+    elif isinstance(classic, str):
         rows.append(_skip("pipelines", "classic degradation", f"module not available ({classic})"))
     else:
         s = cfg.classic_hr_size
@@ -327,8 +334,10 @@ def bench_pipelines(cfg: BenchConfig, key) -> tuple[list, list]:
                                     pipeline_median_s=t.median_s, step_median_s=ts.median_s,
                                     percent=100 * t.median_s / ts.median_s))
 
-    realesrgan = _import_degradation("realesrgan")
-    if isinstance(realesrgan, str):
+    realesrgan = _import_degradation("realesrgan") if "realesrgan" in cfg.pipelines else None
+    if realesrgan is None:
+        pass
+    elif isinstance(realesrgan, str):
         rows.append(_skip("pipelines", "Real-ESRGAN degradation",
                           f"module not available ({realesrgan})"))
     else:
