@@ -79,30 +79,43 @@ def abstract_variables(spec: ModelSpec, lr_hw=(16, 16)):
 
 
 def _draw_variables(shapes, key):
-    params_key, spectral_key = jax.random.split(key)
+    """All variables from one uniform and one normal draw. With a concrete key the
+    slicing happens in numpy (no compilation at all); under a trace (e.g.
+    `jax.eval_shape`) the same steps run as traced jnp ops."""
     flat = traverse_util.flatten_dict(shapes["params"])
-    total = sum(leaf.size for leaf in flat.values())
-    draw = np.asarray(jax.random.uniform(params_key, (total,), jnp.float32, -1.0, 1.0))
-    params, offset = {}, 0
-    for path, leaf in flat.items():
+    spectral = traverse_util.flatten_dict(shapes.get("spectral", {}))
+    params_key, spectral_key = jax.random.split(key)
+    try:
+        uniform = np.asarray(jax.random.uniform(
+            params_key, (sum(x.size for x in flat.values()),), jnp.float32, -1.0, 1.0))
+        normal = np.asarray(jax.random.normal(
+            spectral_key, (sum(x.size for x in spectral.values()),), jnp.float32))
+        xp = np
+    except jax.errors.TracerArrayConversionError:
+        uniform = jax.random.uniform(
+            params_key, (sum(x.size for x in flat.values()),), jnp.float32, -1.0, 1.0)
+        normal = jax.random.normal(
+            spectral_key, (sum(x.size for x in spectral.values()),), jnp.float32)
+        xp = jnp
+
+    def pieces(vec, leaves):
+        offset = 0
+        for path, leaf in leaves.items():
+            yield path, leaf, vec[offset:offset + leaf.size].reshape(leaf.shape)
+            offset += leaf.size
+
+    params = {}
+    for path, leaf, x in pieces(uniform, flat):
         # fan_in of the layer: its kernel's size without the output axis
         # (conv (kh, kw, in, out), dense (in, out)); a bias uses its sibling kernel.
         kernel = flat[path[:-1] + ("kernel",)]
         bound = np.float32(1.0 / math.sqrt(int(np.prod(kernel.shape[:-1]))))
-        chunk = draw[offset:offset + leaf.size].reshape(leaf.shape) * bound
-        params[path] = jnp.asarray(chunk, leaf.dtype)
-        offset += leaf.size
+        params[path] = jnp.asarray(x * bound, leaf.dtype)
     out = {"params": traverse_util.unflatten_dict(params)}
-    if "spectral" in shapes:
-        flat = traverse_util.flatten_dict(shapes["spectral"])
-        total = sum(leaf.size for leaf in flat.values())
-        draw = np.asarray(jax.random.normal(spectral_key, (total,), jnp.float32))
-        spectral, offset = {}, 0
-        for path, leaf in flat.items():
-            vec = draw[offset:offset + leaf.size].reshape(leaf.shape)
-            spectral[path] = jnp.asarray(vec / max(float(np.linalg.norm(vec)), 1e-12), leaf.dtype)
-            offset += leaf.size
-        out["spectral"] = traverse_util.unflatten_dict(spectral)
+    if spectral:
+        sn = {path: jnp.asarray(x / xp.maximum(xp.linalg.norm(x), np.float32(1e-12)), leaf.dtype)
+              for path, leaf, x in pieces(normal, spectral)}
+        out["spectral"] = traverse_util.unflatten_dict(sn)
     return out
 
 
