@@ -256,3 +256,10 @@ def test_init_variables_matches_model_init_structure_and_torch_default_bounds():
     assert float(jnp.std(fc2)) == pytest.approx(1 / np.sqrt(16) / np.sqrt(3), rel=0.1)
     other = init_variables(spec, jax.random.key(10), lr_hw=(8, 8))
     assert not np.allclose(np.asarray(head["kernel"]), np.asarray(other["params"]["G"]["head"]["kernel"]))
+
+
+def test_init_variables_can_be_traced_by_eval_shape():
+    spec = ModelSpec(kind="discriminator", setting="gan", d_num_feat=8)
+    shapes = jax.eval_shape(lambda k: init_variables(spec, k), jax.random.key(0))
+    assert shapes["spectral"]["conv1"]["v"].shape == (8 * 4 * 4,)
+    assert count_params(shapes) == count_params(abstract_variables(spec))
