@@ -62,7 +62,7 @@ def test_gan_stages_official_lengths_lrs_ema_and_adam_betas():
     t, s, g = load("gan_teacher"), load("gan_student"), load("gan")
     for c in (t, s, g):
         assert c.ema_decay == 0.999 and (c.optimizer.b1, c.optimizer.b2) == (0.9, 0.99)
-        assert c.model.preset == "KDSR-GAN" and c.degradation.queue_size == 180 and c.seed == 0
+        assert c.model.preset == "KDSR-GAN" and c.degradation.queue_size == 20 * 72 and c.seed == 0
         assert c.batch_size == 72 and c.patch_size == 400 and c.augment == "hflip"
     assert (t.total_steps, t.schedule.lr) == (1_000_000, 1e-4)
     assert (s.total_steps, s.schedule.lr, s.schedule.decay_steps) == (1_000_000, 2e-4, 600_000)

@@ -28,7 +28,7 @@ def _config(name, tmp_path, arg="demo"):
     # Small GT (160 px keeps every intermediate of the second-order pipeline > 10 px).
     c.degradation.gt_input_size = 160
     c.degradation.gt_size = 64
-    c.degradation.queue_size = 0
+    c.degradation.queue_size = 4     # two batches of 2
     c.patch_size = 160
     if name == "gan":
         c.discriminator.num_feat = 8
@@ -60,8 +60,9 @@ def _leaves_close(a, b, **kw):
         np.testing.assert_allclose(x, y, **kw)
 
 
-def test_gan_teacher_step_updates_g_and_ema_with_decay_0_999(tmp_path):
+def test_gan_teacher_step_updates_g_and_ema_with_decay_0_999_and_fills_the_pool(tmp_path):
     before, after, metrics = _one_step(_config("gan_teacher", tmp_path))
+    assert int(after.pool["count"]) == 2 and after.pool["gt"].shape == (4, 64, 64, 3)
     assert np.isfinite(metrics["loss"]) and metrics["lr"] == pytest.approx(1e-4)
     expected = jax.tree.map(lambda e, p: 0.999 * e + 0.001 * p, before.ema_params, after.params)
     _leaves_close(after.ema_params, expected, rtol=1e-6, atol=1e-7)

@@ -27,6 +27,9 @@ GAN_BATCH = 72                # §2.1: 9 per GPU x 8 GPUs
 GAN_GT_CROP = 400             # §2.1 GT crop fed to the degradation
 GAN_SEED = 0                  # §2.1 manual_seed: 0
 GAN_EMA_DECAY = 0.999         # §2.2
+# DEGRADATION.md §2.3: a pool of 180 pairs per process at 9 per process = 20 batches.
+# Our step sees the global batch, so the (global) pool holds 20 global batches.
+GAN_POOL_BATCHES = 180 // 9
 
 
 def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
@@ -169,6 +172,7 @@ def gan_stage(stage: str, variants: set[str]) -> ml_collections.ConfigDict:
     c.ema_decay = GAN_EMA_DECAY
     c.data = data_config("folder", crop="pad_or_crop")
     c.degradation = realesrgan_degradation()
+    c.degradation.queue_size = GAN_POOL_BATCHES * GAN_BATCH
     c.checkpoint_every_steps = 10_000   # §2.2 checkpoints / validation every 1e4 it
     c.eval_every_steps = 10_000
     if "demo" in variants:

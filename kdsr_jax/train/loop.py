@@ -129,12 +129,15 @@ def build(config, spec: ModelSpec, key: jax.Array):
 
 
 def _init_pool(config):
-    """The training-pair pool (DEGRADATION.md §2.3) of `degradation.queue_size` pairs."""
-    if not config.degradation.queue_size:
+    """The training-pair pool (DEGRADATION.md §2.3) of `degradation.queue_size` pairs
+    (global: the step runs on the global batch, see config_base.GAN_POOL_BATCHES)."""
+    deg = config.degradation
+    if not deg.queue_size:
         return {}
     from kdsr_jax.degradation import pool as pool_lib
 
-    return pool_lib.init(config.degradation, config.batch_size)
+    lq = deg.gt_size // deg.scale
+    return pool_lib.init(deg.queue_size, (lq, lq, 3), (lq * deg.scale, lq * deg.scale, 3))
 
 
 def _load_vgg(config):
