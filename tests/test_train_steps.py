@@ -2,10 +2,8 @@
 
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
 
 from kdsr_jax import models
 from kdsr_jax.train import sharding, state as state_lib, steps

@@ -18,7 +18,7 @@ many devices or hosts run it (per-device streams would break that equivalence).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
