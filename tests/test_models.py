@@ -187,6 +187,23 @@ def test_student_interface_returns_sr_features_and_encoding(tiny_student):
     np.testing.assert_allclose(np.asarray(fea), np.asarray(feats["fea"]), atol=1e-6)
 
 
+def test_generate_on_encoded_idr_equals_full_forward_for_student_and_teacher(tiny_student):
+    model, v = tiny_student
+    lr = jax.random.uniform(jax.random.key(11), (1, 8, 8, 3))
+    sr, sr_g = jax.jit(lambda v, lr: (model.apply(v, lr), model.apply(
+        v, lr, model.apply(v, lr, method="encode")[0], method="generate")))(v, lr)
+    np.testing.assert_allclose(np.asarray(sr_g), np.asarray(sr), atol=1e-6)
+    assert sr_g.dtype == jnp.float32
+
+    spec = preset("tiny", kind="teacher", scale=2)
+    teacher = build_model(spec)
+    vt = init_variables(spec, jax.random.key(12), lr_hw=(4, 4))
+    hr = jax.random.uniform(jax.random.key(13), (1, 16, 16, 3))
+    sr, sr_g = jax.jit(lambda v, lr, hr: (teacher.apply(v, lr, hr), teacher.apply(
+        v, lr, teacher.apply(v, lr, hr, method="encode")[0], method="generate")))(vt, lr, hr)
+    np.testing.assert_allclose(np.asarray(sr_g), np.asarray(sr), atol=1e-6)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_teacher_unshuffles_hr_at_every_scale_and_sees_it(scale):
     spec = preset("tiny", kind="teacher", scale=scale, setting="gan")

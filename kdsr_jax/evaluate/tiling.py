@@ -26,7 +26,7 @@ Tiles (for large images, memory bounded by the tile size):
   the tile's core, so each tile contributes the sum over its own core; the sums add
   up to the whole-image pool, which is fed through the MLP head (interceptor replaces
   the pooled vector on a small dummy canvas).
-* G then runs per tile with that IDR (`model.G` through `apply(..., method=fn)`),
+* G then runs per tile with that IDR (`apply(..., method="generate")`, G only),
   window = core + `tile_pad` context on each side (windows are shifted inwards at the
   image border, so every window has the same shape: one compilation). The cores are
   pasted together. With `tile_pad` >= G's receptive field (2N + 4) the result equals
@@ -192,7 +192,7 @@ class Runner:
     def _generate_impl(self, variables, lr, valid, idr):
         st = _MaskState(lr.shape[1:3], valid)
         with nn.intercept_methods(st.interceptor):
-            sr = self.model.apply(variables, lr, idr, method=lambda m, x, d: m.G(x, d))
+            sr = self.model.apply(variables, lr, idr, method="generate")
         return sr.astype(jnp.float32)
 
     def _find_pool_index(self, lr, hr):

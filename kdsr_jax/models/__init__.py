@@ -12,7 +12,9 @@
 Usage:
     student: `model.apply(v, lr)`, `model.apply(v, lr, return_features=True)` ->
              `(sr, {'idr': (B, C), 'fea': (B, 4C)})`, `model.apply(v, lr, method='encode')`
-    teacher: the same with `(lr, hr)`.
+             -> `(idr, fea)`; `model.apply(v, lr, idr, method='generate')` -> sr (G only).
+    teacher: the same with `(lr, hr)`, except `method='generate'`, which takes
+             `(lr, idr)` as for the student.
     D:       `model.apply(v, x)`; `model.apply(v, x, train=True, mutable=['spectral'])`.
 """
 

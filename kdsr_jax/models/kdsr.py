@@ -6,6 +6,10 @@ All arrays are NHWC. Parameter names are ours; `kdsr_jax.convert.mapping` holds 
 one-to-one table to the official state-dict keys. Intermediate activations are sown into
 the 'intermediates' collection (names follow the parity fixtures' `int_*` keys) and cost
 nothing unless that collection is made mutable.
+
+Besides the full forward, both wrappers expose the two halves as methods: `encode` (E
+only -> (idr, fea)) and `generate(lr, idr)` (G only -> sr), e.g. for tiled inference
+that computes the IDR once per image (`kdsr_jax.evaluate.tiling`).
 """
 
 from __future__ import annotations
@@ -175,6 +179,11 @@ def _encoder(spec: ModelSpec, dtype) -> Encoder:
                    dtype, name="E")
 
 
+def _generate(g, lr, idr):
+    """SR from G alone, float32 like every other output of the SR wrappers."""
+    return g(lr, idr).astype(jnp.float32)
+
+
 def _finish(sr, idr, fea, return_features):
     sr = sr.astype(jnp.float32)
     if return_features:
@@ -185,7 +194,7 @@ def _finish(sr, idr, fea, return_features):
 class StudentSR(nn.Module):
     """Blind SR student (classic `model_ST` BlindSR / GAN `BlindSR_ST`): E sees the LR
     image only. `apply(v, lr)` -> sr; `return_features=True` -> (sr, {'idr', 'fea'});
-    `method='encode'` -> (idr, fea)."""
+    `method='encode'` -> (idr, fea); `method='generate'` with (lr, idr) -> sr (G only)."""
 
     spec: ModelSpec
     dtype: Dtype = jnp.float32
@@ -198,6 +207,10 @@ class StudentSR(nn.Module):
         idr, fea = self.E(lr)
         return idr.astype(jnp.float32), fea.astype(jnp.float32)
 
+    def generate(self, lr, idr):
+        """G alone on a given IDR (B, C): `generate(lr, encode(lr)[0]) == apply(lr)`."""
+        return _generate(self.G, lr, idr)
+
     def __call__(self, lr, return_features: bool = False):
         idr, fea = self.E(lr)
         return _finish(self.G(lr, idr), idr, fea, return_features)
@@ -206,7 +219,8 @@ class StudentSR(nn.Module):
 class TeacherSR(nn.Module):
     """KDSR teacher (classic `model_TA` BlindSR / GAN `BlindSR_TA`): E sees
     [LR, PixelUnshuffle_s(HR)] (PyTorch channel order, LR first). Takes the clean HR
-    (B, s*h, s*w, 3) and unshuffles it itself, at any scale (2, 3, 4)."""
+    (B, s*h, s*w, 3) and unshuffles it itself, at any scale (2, 3, 4).
+    `method='generate'` with (lr, idr) runs G alone, as for the student."""
 
     spec: ModelSpec
     dtype: Dtype = jnp.float32
@@ -224,6 +238,11 @@ class TeacherSR(nn.Module):
     def encode(self, lr, hr):
         idr, fea = self.E(self.encoder_input(lr, hr))
         return idr.astype(jnp.float32), fea.astype(jnp.float32)
+
+    def generate(self, lr, idr):
+        """G alone on a given IDR (no HR needed): `generate(lr, encode(lr, hr)[0])
+        == apply(lr, hr)`."""
+        return _generate(self.G, lr, idr)
 
     def __call__(self, lr, hr, return_features: bool = False):
         idr, fea = self.E(self.encoder_input(lr, hr))
