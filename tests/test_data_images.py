@@ -238,6 +238,41 @@ def test_save_png_failure_leaves_old_file_and_no_temp_files(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == ["keep.png"]
 
 
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_save_png_file_gets_the_umask_mode_not_a_private_temp_file_mode(tmp_path, bit_depth):
+    previous = os.umask(0o027)
+    try:
+        images.save_png(tmp_path / "m.png", np.zeros((4, 4, 3), np.float32), bit_depth=bit_depth)
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "m.png").st_mode & 0o777 == 0o640
+
+
+def test_save_png_writes_quantised_integer_pixels_as_they_are(tmp_path):
+    rgb16 = RNG.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    alpha16 = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
+    images.save_png(tmp_path / "i16.png", rgb16, alpha16, bit_depth=16)
+    back, back_alpha, depth = images.load_image_full(tmp_path / "i16.png")
+    assert depth == 16
+    np.testing.assert_array_equal(np.round(back * 65535), rgb16)
+    np.testing.assert_array_equal(np.round(back_alpha * 65535), alpha16)
+    rgb8 = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    images.save_png(tmp_path / "i8.png", rgb8)
+    np.testing.assert_array_equal(images.load_image(tmp_path / "i8.png"), rgb8)
+    with pytest.raises(ValueError, match="uint8"):
+        images.save_png(tmp_path / "bad.png", rgb16)
+
+
+def test_save_png_quantises_large_images_in_slices_like_one_pass(tmp_path, monkeypatch):
+    rgb = RNG.random((40, 30, 3)).astype(np.float32)
+    images.save_png(tmp_path / "whole.png", rgb, bit_depth=16)
+    monkeypatch.setattr(images, "_QUANTIZE_CHUNK", 100)   # 2 rows per slice
+    images.save_png(tmp_path / "sliced.png", rgb, bit_depth=16)
+    assert (tmp_path / "sliced.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+    np.testing.assert_array_equal(np.round(images.load_image_full(tmp_path / "sliced.png")[0]
+                                           * 65535), np.round(rgb.astype(np.float64) * 65535))
+
+
 def test_save_png_rejects_bad_shapes_and_depths(tmp_path):
     with pytest.raises(ValueError, match="bit_depth"):
         images.save_png(tmp_path / "x.png", np.zeros((2, 2, 3)), bit_depth=12)

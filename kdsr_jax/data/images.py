@@ -25,8 +25,8 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import secrets
 import struct
-import tempfile
 import zlib
 
 import numpy as np
@@ -47,6 +47,9 @@ _LOW_BYTE_RAWMODE = {
 # (L_hi, L_lo, A_hi, A_lo) with the same bytes-per-pixel, so filters stay correct.
 _LA16_RAWMODE = "LA;16B"
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Elements per slice when quantising / PNG-filtering large images piecewise (a float64
+# slice of this many values is 32 MB).
+_QUANTIZE_CHUNK = 1 << 22
 
 
 class ImageError(ValueError):
@@ -238,28 +241,65 @@ def _quantize(x: np.ndarray, maxval: int, dtype) -> np.ndarray:
     return np.floor(np.clip(x, 0.0, 1.0) * maxval + 0.5).astype(dtype)
 
 
+def _fill_quantized(dst: np.ndarray, src, maxval: int, what: str) -> None:
+    """dst[...] = src rounded to `maxval` levels. Float sources (in [0, 1], clipped) are
+    quantised a few rows at a time, so no full-size float64 copy is ever made; integer
+    sources must already have dst's dtype and are copied as they are."""
+    src = np.asarray(src)
+    if src.dtype.kind in "ui":
+        if src.dtype != dst.dtype:
+            raise ValueError(f"{what}: integer pixels must be {dst.dtype.name} for a "
+                             f"{dst.dtype.itemsize * 8}-bit PNG, got {src.dtype.name}")
+        dst[...] = src
+        return
+    rows = max(1, _QUANTIZE_CHUNK // max(1, src[0].size))
+    for r in range(0, src.shape[0], rows):
+        dst[r:r + rows] = _quantize(src[r:r + rows], maxval, dst.dtype)
+
+
 def _png_chunk(ctype: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(ctype + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", crc)
 
 
-def encode_png16(pixels: np.ndarray) -> bytes:
-    """Encodes uint16 (H,W,3) RGB or (H,W,4) RGBA as a 16-bit PNG (Sub filter, zlib)."""
+def encode_png16(pixels: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encodes uint16 (H,W,3) RGB or (H,W,4) RGBA as a 16-bit PNG (Sub filter, zlib).
+    Rows are filtered and compressed in chunks: memory beyond the input is about one
+    chunk plus the compressed output."""
     height, width, channels = pixels.shape
     color_type = {3: 2, 4: 6}[channels]
-    raw = pixels.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
     bpp = channels * 2
-    filtered = raw.copy()
-    filtered[:, bpp:] = raw[:, bpp:] - raw[:, :-bpp]  # "Sub" filter, uint8 wrap-around
-    rows = np.concatenate([np.ones((height, 1), np.uint8), filtered], axis=1)  # type 1
+    compressor = zlib.compressobj(compress_level)
+    idat = []
+    step = max(1, _QUANTIZE_CHUNK // (width * bpp))
+    for r in range(0, height, step):
+        raw = pixels[r:r + step].astype(">u2").view(np.uint8).reshape(-1, width * bpp)
+        filtered = raw.copy()
+        filtered[:, bpp:] = raw[:, bpp:] - raw[:, :-bpp]  # "Sub" filter, uint8 wrap-around
+        rows = np.concatenate([np.ones((len(raw), 1), np.uint8), filtered], axis=1)  # type 1
+        idat.append(compressor.compress(rows.tobytes()))
+    idat.append(compressor.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+            + _png_chunk(b"IDAT", b"".join(idat)) + _png_chunk(b"IEND", b""))
+
+
+def _create_temp(folder: str) -> tuple[int, str]:
+    """A new, exclusively created temporary file in `folder`, opened for writing. Unlike
+    `tempfile.mkstemp` (always 0600) it is created with mode 0666, so the process umask
+    gives it the mode any newly written file gets, which survives the rename."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.png")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: cannot create a temporary file")
 
 
 def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    fd, tmp = _create_temp(os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -274,30 +314,40 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
-def save_png(path, rgb, alpha=None, bit_depth: int = 8) -> None:
-    """Writes float [0,1] RGB (H,W,3) (+ optional alpha (H,W)) as an 8- or 16-bit PNG.
+def save_png(path, rgb, alpha=None, bit_depth: int = 8, compress_level: int = 6) -> None:
+    """Writes RGB (H,W,3) (+ optional alpha (H,W)) as an 8- or 16-bit PNG.
 
-    Values are clipped to [0,1] and rounded to nearest. The file appears atomically: it
-    is written to a temporary file in the same folder and renamed over `path`.
+    Float values (any float dtype) are clipped to [0,1] and rounded to nearest, a few
+    rows at a time (no full-size float64 copy). Integer arrays are taken as already
+    quantised pixels and must be uint8 for `bit_depth=8`, uint16 for 16.
+    `compress_level`: zlib level 0-9 (1 = fast, larger files). The file appears
+    atomically: it is written to a temporary file in the same folder and renamed over
+    `path`; its mode is the usual one for new files (0666 minus the umask).
     """
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"expected RGB of shape (H, W, 3), got {rgb.shape}")
-    planes = rgb
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha shape {alpha.shape} does not match image {rgb.shape[:2]}")
-        planes = np.concatenate([rgb, alpha[..., None]], axis=-1)
+    maxval, dtype = (65535, np.uint16) if bit_depth == 16 else (255, np.uint8)
+    if alpha is None and rgb.dtype == dtype:
+        pixels = np.ascontiguousarray(rgb)        # already quantised: no copy
+    else:
+        pixels = np.empty(rgb.shape[:2] + (3 if alpha is None else 4,), dtype)
+        _fill_quantized(pixels[..., :3], rgb, maxval, "rgb")
+        if alpha is not None:
+            _fill_quantized(pixels[..., 3], alpha, maxval, "alpha")
     path = os.fspath(path)
     if bit_depth == 16:
-        data = encode_png16(_quantize(planes, 65535, np.uint16))
+        data = encode_png16(pixels, compress_level)
         _atomic_write(path, lambda f: f.write(data))
     else:
-        im = Image.fromarray(_quantize(planes, 255, np.uint8), "RGBA" if alpha is not None else "RGB")
-        _atomic_write(path, lambda f: im.save(f, format="PNG"))
+        im = Image.fromarray(pixels, "RGBA" if alpha is not None else "RGB")
+        _atomic_write(path, lambda f: im.save(f, format="PNG", compress_level=compress_level))
 
 
 def list_images(folder, recursive: bool = True) -> list[str]:
