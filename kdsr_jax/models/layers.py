@@ -3,7 +3,8 @@
 * PyTorch-ordered pixel shuffle / unshuffle on NHWC arrays (§1.5). JAX's
   `depth_to_space` uses a different channel order and is deliberately not used.
 * The MeanShift constants (§1.2): fixed arrays, never parameters.
-* A 3x3 (or kxk) convolution with PyTorch's default initialisation.
+* A 3x3 (or kxk) convolution with PyTorch's default initialisation (strip-packed on
+  CPU for speed, see `cpu_conv`).
 * The exact `F.interpolate(scale_factor=2, mode='bilinear', align_corners=False)`
   upsampling used by the U-Net discriminator (§7.4).
 """
@@ -16,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from kdsr_jax.models import cpu_conv
 
 # DIV2K RGB mean used by MeanShift (reference/ARCHITECTURE.md §1.2); std is (1, 1, 1).
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -74,13 +77,16 @@ def torch_uniform_init(fan_in: int):
 def conv(features: int, in_features: int, kernel: int = 3, stride: int = 1,
          padding: int | None = None, use_bias: bool = True, dtype=jnp.float32,
          name: str | None = None) -> nn.Conv:
-    """`default_conv`: zero padding k//2, stride 1, bias (reference §1.1), torch init."""
+    """`default_conv`: zero padding k//2, stride 1, bias (reference §1.1), torch init.
+    On CPU, narrow stride-1 convs run strip-packed (`kdsr_jax.models.cpu_conv`): same
+    result, both cores busy."""
     pad = kernel // 2 if padding is None else padding
     fan_in = in_features * kernel * kernel
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
                    param_dtype=jnp.float32, kernel_init=torch_uniform_init(fan_in),
-                   bias_init=torch_uniform_init(fan_in), name=name)
+                   bias_init=torch_uniform_init(fan_in),
+                   conv_general_dilated=cpu_conv.conv_general_dilated, name=name)
 
 
 def dense(features: int, in_features: int, use_bias: bool = True, dtype=jnp.float32,
