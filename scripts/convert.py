@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kdsr_jax import cli
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -65,13 +67,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        print(run(args))
-    except (ValueError, OSError) as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.run_cli(lambda: print(run(args)))
 
 
 if __name__ == "__main__":

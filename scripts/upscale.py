@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from kdsr_jax import cli  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -140,18 +142,12 @@ def run(args) -> int:
             upscale_file(runner, src, dst, tile, args.tile_pad)
         except (ValueError, OSError) as exc:
             failed += 1
-            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            cli.print_error(exc)
     return 1 if failed else 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+    return cli.run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":
