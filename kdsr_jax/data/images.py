@@ -22,6 +22,7 @@ colours are the palette colours. `load_image_full` keeps alpha separately.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pathlib
@@ -106,6 +107,25 @@ def _decode_with_rawmode(path: str, rawmode: str) -> np.ndarray:
         return np.asarray(im)
 
 
+@contextlib.contextmanager
+def _open_checked(path: str):
+    """`Image.open(path)` after the cheap checks (a non-empty file; a PNG's chunks
+    complete up to IEND). Any read error, also in the body of the `with`, becomes a
+    one-line `ImageError` naming the file."""
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: not a file")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: empty file")
+    try:
+        _check_png_complete(path)
+        with Image.open(path) as im:
+            yield im
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error) as exc:
+        raise ImageError(f"{path}: cannot read image ({_one_line(exc)})") from None
+
+
 def _open_pixels(path: str) -> tuple[np.ndarray, int, Image.Image | None]:
     """Decodes `path` to (pixels, bit_depth, pil_image_for_8bit_or_None).
 
@@ -114,38 +134,28 @@ def _open_pixels(path: str) -> tuple[np.ndarray, int, Image.Image | None]:
     transposed and loaded) is returned for mode conversion.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: not a file")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: empty file")
-    try:
-        _check_png_complete(path)
-        with Image.open(path) as im:
-            rawmode = _tile_rawmode(im)
-            exif_orientation = im.getexif().get(0x0112, 1)
-            if rawmode in _LOW_BYTE_RAWMODE:
-                im.load()
-                high = np.asarray(im).astype(np.uint16)
-                low = _decode_with_rawmode(path, _LOW_BYTE_RAWMODE[rawmode]).astype(np.uint16)
-                pixels = (high << 8) | low
-                return _orient(pixels, exif_orientation), 16, None
-            if rawmode == _LA16_RAWMODE:
-                raw = _decode_with_rawmode(path, "RGBA").astype(np.uint16)  # (H,W,4) bytes
-                pixels = np.stack([(raw[..., 0] << 8) | raw[..., 1],
-                                   (raw[..., 2] << 8) | raw[..., 3]], axis=-1)
-                return _orient(pixels, exif_orientation), 16, None
+    with _open_checked(path) as im:
+        rawmode = _tile_rawmode(im)
+        exif_orientation = im.getexif().get(0x0112, 1)
+        if rawmode in _LOW_BYTE_RAWMODE:
             im.load()
-            if im.mode in _GRAY16_MODES:
-                pixels = np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
-                return _orient(pixels, exif_orientation), 16, None
-            out = ImageOps.exif_transpose(im)
-            if out is im:
-                out = im.copy()
-            return np.empty((0,)), 8, out
-    except ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error) as exc:
-        raise ImageError(f"{path}: cannot read image ({_one_line(exc)})") from None
+            high = np.asarray(im).astype(np.uint16)
+            low = _decode_with_rawmode(path, _LOW_BYTE_RAWMODE[rawmode]).astype(np.uint16)
+            pixels = (high << 8) | low
+            return _orient(pixels, exif_orientation), 16, None
+        if rawmode == _LA16_RAWMODE:
+            raw = _decode_with_rawmode(path, "RGBA").astype(np.uint16)  # (H,W,4) bytes
+            pixels = np.stack([(raw[..., 0] << 8) | raw[..., 1],
+                               (raw[..., 2] << 8) | raw[..., 3]], axis=-1)
+            return _orient(pixels, exif_orientation), 16, None
+        im.load()
+        if im.mode in _GRAY16_MODES:
+            pixels = np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
+            return _orient(pixels, exif_orientation), 16, None
+        out = ImageOps.exif_transpose(im)
+        if out is im:
+            out = im.copy()
+        return np.empty((0,)), 8, out
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -367,23 +377,13 @@ def probe_image(path) -> tuple[int, int]:
     in its pixel data is only caught when decoded (`load_image`).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: not a file")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: empty file")
-    try:
-        _check_png_complete(path)
-        with Image.open(path) as im:
-            width, height = im.size
-            # PNG EXIF may follow the pixel data (Pillow then decodes everything to find
-            # it); orientation there is rare, so PNG sizes are taken as stored.
-            if im.format != "PNG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
-            return height, width
-    except ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error) as exc:
-        raise ImageError(f"{path}: cannot read image ({_one_line(exc)})") from None
+    with _open_checked(path) as im:
+        width, height = im.size
+        # PNG EXIF may follow the pixel data (Pillow then decodes everything to find
+        # it); orientation there is rare, so PNG sizes are taken as stored.
+        if im.format != "PNG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            width, height = height, width
+        return height, width
 
 
 def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
