@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdsr_jax.degradation.filters import check_image_batch
+
 # §1.5: Keys cubic convolution coefficient (MATLAB's choice).
 CUBIC_A = -0.5
 # §1.5: support of the (unstretched) cubic kernel, in input samples.
@@ -97,22 +99,13 @@ def resize_matrix(in_size: int, scale: float) -> np.ndarray:
     return _matrix_cached(int(in_size), float(scale))
 
 
-def _check_image(x, what: str):
-    if x.ndim != 4:
-        raise ValueError(f"{what}: expected an image batch (B, H, W, C), got shape "
-                         f"{tuple(x.shape)}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{what}: expected a float image, got dtype {x.dtype} for shape "
-                         f"{tuple(x.shape)}")
-
-
 def resize(x: jax.Array, scale: float) -> jax.Array:
     """Official MATLAB-like bicubic resize of a batch (B, H, W, C) by `scale`.
 
     `scale` is the official float factor: `1 / s` to downscale by s, `s` to upscale.
     Returns (B, int(H*scale), int(W*scale), C) float32. No clamping of the output.
     """
-    _check_image(x, "bicubic.resize")
+    check_image_batch(x, "bicubic.resize")
     _, h, w, _ = x.shape
     mh = jnp.asarray(resize_matrix(h, scale))                        # (H', H)
     mw = jnp.asarray(resize_matrix(w, scale))                        # (W', W)

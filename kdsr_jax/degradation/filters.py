@@ -33,14 +33,20 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 ROWS_MAX_BYTES = 1 << 29
 
 
+def check_image_batch(x, what: str) -> None:
+    """Raises a one-line ValueError (prefixed with `what`) unless `x` is a float image
+    batch (B, H, W, C). Shapes only, so it costs nothing at trace time."""
+    if x.ndim != 4:
+        raise ValueError(f"{what}: expected an image batch (B, H, W, C), got shape "
+                         f"{tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{what}: expected a float image, got dtype {x.dtype} for shape "
+                         f"{tuple(x.shape)}")
+
+
 def _check(img, kernels) -> tuple[int, int]:
     """Validates shapes at trace time; returns (kernel batch, kernel size)."""
-    if img.ndim != 4:
-        raise ValueError(f"filter2d: expected an image batch (B, H, W, C), got shape "
-                         f"{tuple(img.shape)}")
-    if not jnp.issubdtype(img.dtype, jnp.floating):
-        raise ValueError(f"filter2d: expected a float image, got dtype {img.dtype} for "
-                         f"shape {tuple(img.shape)}")
+    check_image_batch(img, "filter2d")
     if kernels.ndim not in (2, 3) or kernels.shape[-1] != kernels.shape[-2]:
         raise ValueError(f"filter2d: kernels must be (k, k), (1, k, k) or (B, k, k), got "
                          f"shape {tuple(kernels.shape)}")
