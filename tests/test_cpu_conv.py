@@ -74,30 +74,3 @@ def test_dispatch_falls_back_to_lax_for_strided_convs():
                                         dimension_numbers=DN)
     want = lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-
-
-@pytest.mark.parametrize("lr_shape", [(1, 64, 64), (2, 12, 16), (3, 37, 23)])
-def test_fused_packed_block_model_equals_module_by_module_model(lr_shape, monkeypatch):
-    """dynconv='auto' on CPU runs every IDR-DCRB through `packed_dcrb`; the SR output
-    and the parameter gradients equal the plain 'shift' model's."""
-    from kdsr_jax.models import build_model, init_variables
-    from kdsr_jax.models.spec import preset
-
-    calls = []
-    original = cpu_conv.packed_dcrb
-    monkeypatch.setattr(cpu_conv, "packed_dcrb",
-                        lambda *a, **k: calls.append(1) or original(*a, **k))
-    spec = preset("tiny")
-    fused, plain = build_model(spec), build_model(spec.replace(dynconv="shift"))
-    variables = init_variables(spec, jax.random.key(0))
-    b, h, w = lr_shape
-    lr = jnp.asarray(np.random.default_rng(3).random((b, h, w, 3), np.float32))
-    np.testing.assert_allclose(np.asarray(fused.apply(variables, lr)),
-                               np.asarray(plain.apply(variables, lr)), rtol=0, atol=1e-6)
-    assert len(calls) >= spec.n_blocks          # the blocks took the fused path
-    loss = lambda m: (lambda v: jnp.sum(m.apply(v, lr) ** 2))  # noqa: E731
-    g_fused, g_plain = jax.grad(loss(fused))(variables), jax.grad(loss(plain))(variables)
-    for a, b_ in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_plain)):
-        scale = float(jnp.abs(b_).max())
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b_), rtol=0,
-                                   atol=1e-5 * scale + 1e-7)

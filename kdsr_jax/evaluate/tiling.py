@@ -169,10 +169,7 @@ class Runner:
         self.spec = model.spec
         if self.spec.kind == "discriminator":
             raise ValueError("a discriminator checkpoint cannot upscale images")
-        # The masking interceptor works module by module, so the fused CPU block
-        # (`models.cpu_conv.packed_dcrb`, chosen by dynconv='auto') is switched off here.
-        impl = "shift" if self.spec.dynconv == "auto" else self.spec.dynconv
-        self.model = build_model(self.spec.replace(dynconv=impl), dtype)
+        self.model = build_model(self.spec, dtype) if dtype != jnp.float32 else model
         self.variables = {"params": variables["params"]}
         self.scale = self.spec.scale
         self.is_teacher = self.spec.kind == "teacher"

@@ -31,7 +31,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 # Images at least this wide are already split across threads by XLA's CPU convolution.
@@ -139,71 +138,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, batch_group_count=batch_group_count,
         precision=precision, preferred_element_type=preferred_element_type)
-
-
-# ------------------------------------------------------------ fused IDR-DCRB block --
-# The IDR-DCRB (reference §2.2) is y = conv3x3(LReLU(dynconv(x))) + x. Packing only the
-# static conv makes XLA fuse the depthwise stencil into the packing copy, which it does
-# poorly (measured: 2.1 ms vs 1.8 ms per KDSRs-M block at 64x64). `packed_dcrb` packs x
-# once with a 2-row halo, runs the stencil, activation, conv and residual all on the
-# packed layout and unpacks once; the result is identical.
-
-def block_eligible(x) -> bool:
-    """Whether `packed_dcrb` should run this block (CPU, packing on, narrow image)."""
-    return (PACKING_ENABLED and jax.default_backend() == "cpu" and x.ndim == 4
-            and x.shape[2] < NARROW_WIDTH)
-
-
-def valid_rows_conv(lhs, rhs, window_strides=None, padding=None, lhs_dilation=None,
-                    rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                    batch_group_count=1, precision=None, preferred_element_type=None):
-    """A `conv_general_dilated` for 3x3 convs on a packed layout: 'valid' along the
-    height (the halo rows are already there), zero padding 1 along the width."""
-    return lax.conv_general_dilated(lhs, rhs, (1, 1), ((0, 0), (1, 1)),
-                                    dimension_numbers=_NHWC, precision=precision,
-                                    preferred_element_type=preferred_element_type)
-
-
-def _block_mask(b: int, k: int, rows: int, h: int, w: int, dtype) -> jax.Array:
-    """(1, rows+2, B*k*(W+1), 1): 1 where a stencil output is a real image pixel, 0 on
-    gap columns and on halo/filler rows outside the image (they must act as padding)."""
-    r = np.arange(rows + 2)
-    image_row = np.arange(k)[:, None] * rows + r[None, :] - 1             # (k, rows+2)
-    row_ok = (image_row >= 0) & (image_row < h)
-    col_ok = np.arange(w + 1) < w
-    m = row_ok[:, :, None] & col_ok[None, None, :]                         # (k, rows+2, W+1)
-    m = np.broadcast_to(m[None], (b, k, rows + 2, w + 1)).transpose(2, 0, 1, 3)
-    return jnp.asarray(m.reshape(1, rows + 2, b * k * (w + 1), 1), dtype)
-
-
-def packed_dcrb(x, kernels, conv_valid_rows, act):
-    """`conv_valid_rows(act(dynconv(x, kernels))) + x` on a strip-packed layout.
-
-    x (B, H, W, C); kernels (B, 3, 3, C), per-sample depthwise 3x3 cross-correlation
-    with zero padding; `conv_valid_rows` maps the packed (1, R+2, Wt, C) activation to
-    (1, R, Wt, C') (a 3x3 conv with bias, e.g. an `nn.Conv` using `valid_rows_conv`).
-    """
-    b, h, w, c = x.shape
-    k = strips_for(b, h, w, 3)
-    rows = -(-h // k)
-    wt = b * k * (w + 1)
-    xp = jnp.pad(x, ((0, 0), (2, 2 + k * rows - h), (0, 0), (0, 0)))
-    if k == 1:
-        strips = xp[:, None]
-    else:
-        strips = jnp.stack([xp[:, i * rows:i * rows + rows + 4] for i in range(k)], 1)
-    strips = jnp.pad(strips, ((0, 0), (0, 0), (0, 0), (0, 1), (0, 0)))
-    packed = strips.transpose(2, 0, 1, 3, 4).reshape(1, rows + 4, wt, c)
-    # Each packed column uses the kernels of the image it belongs to.
-    col_kernels = jnp.repeat(kernels.astype(x.dtype), k * (w + 1), axis=0)  # (Wt,3,3,C)
-    padded = jnp.pad(packed, ((0, 0), (0, 0), (1, 1), (0, 0)))
-    dyn = None
-    for ky in range(3):
-        for kx in range(3):
-            term = padded[:, ky:ky + rows + 2, kx:kx + wt, :] * col_kernels[:, ky, kx, :]
-            dyn = term if dyn is None else dyn + term
-    a = act(dyn) * _block_mask(b, k, rows, h, w, x.dtype)
-    y = conv_valid_rows(a) + packed[:, 2:rows + 2]
-    y = y.reshape(rows, b, k, w + 1, y.shape[-1])[:, :, :, :w]
-    y = y.transpose(1, 2, 0, 3, 4).reshape(b, k * rows, w, y.shape[-1])
-    return y[:, :h]

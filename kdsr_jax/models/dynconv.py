@@ -11,8 +11,7 @@ Formulations (same function, different speed):
   XLA fuses into a single loop, reading the input once and writing the output once.
 * ``'grouped'``: fold the batch into channels, (1, H, W, B*C), and call
   `lax.conv_general_dilated` with `feature_group_count = B*C` (what torch does).
-* ``'auto'``: 'shift' on every backend; on CPU, `IDRDCRB` additionally runs the whole
-  block strip-packed (`kdsr_jax.models.cpu_conv.packed_dcrb`), same result.
+* ``'auto'``: 'shift' on every backend.
   - CPU (measured, 2-core dev box, XLA 0.10, KDSRs-M student, LR 64x64, batch 1, jitted
     forward): 'shift' 0.37 CPU-s per forward, 'grouped' 0.74 CPU-s. The op alone, CPU
     time per call: (1,64,64,64) 0.26 ms vs 7.3 ms (28x); (2,12,16,16) 0.04 vs 0.42 ms

@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdsr_jax.models import cpu_conv
 from kdsr_jax.models import dynconv as dynconv_lib
 from kdsr_jax.models.layers import (conv, dense, lrelu, mean_shift_bias, pixel_shuffle,
                                     pixel_unshuffle)
@@ -54,31 +53,20 @@ class IDRDDC(nn.Module):
     impl: str = "auto"
     dtype: Dtype = jnp.float32
 
-    def setup(self):
-        c = self.n_feats
-        self.fc1 = dense(c, c, use_bias=False, dtype=self.dtype)
-        self.fc2 = dense(9 * c, c, use_bias=False, dtype=self.dtype)
-
-    def kernels(self, idr):
-        """The per-sample depthwise kernels (B, 3, 3, C) generated from the IDR."""
-        c = self.n_feats
-        v = self.fc2(lrelu(self.fc1(idr)))
-        self.sow("intermediates", "kernel", v)                    # (B, 9C), torch order
-        return v.reshape(v.shape[0], c, 3, 3).transpose(0, 2, 3, 1)
-
+    @nn.compact
     def __call__(self, x, idr):
-        out = dynconv_lib.dynamic_depthwise_conv(x, self.kernels(idr), impl=self.impl)
+        c = self.n_feats
+        v = dense(c, c, use_bias=False, dtype=self.dtype, name="fc1")(idr)
+        v = dense(9 * c, c, use_bias=False, dtype=self.dtype, name="fc2")(lrelu(v))
+        self.sow("intermediates", "kernel", v)                    # (B, 9C), torch order
+        kernels = v.reshape(v.shape[0], c, 3, 3).transpose(0, 2, 3, 1)   # (B, 3, 3, C)
+        out = dynconv_lib.dynamic_depthwise_conv(x, kernels, impl=self.impl)
         self.sow("intermediates", "dynconv", out)
         return out
 
 
 class IDRDCRB(nn.Module):
-    """IDR-DCRB (§2.2): y = conv3x3(LReLU(DDC(x, d))) + x.
-
-    With `impl='auto'` on CPU (and no intermediates being recorded) the whole block runs
-    as one strip-packed computation (`cpu_conv.packed_dcrb`): same parameters, same
-    result, faster. Explicit 'shift' / 'grouped' always take the module-by-module path.
-    """
+    """IDR-DCRB (§2.2): y = conv3x3(LReLU(DDC(x, d))) + x."""
 
     n_feats: int
     impl: str = "auto"
@@ -86,15 +74,8 @@ class IDRDCRB(nn.Module):
 
     @nn.compact
     def __call__(self, x, idr):
-        c = self.n_feats
-        ddc = IDRDDC(c, self.impl, self.dtype, name="ddc")
-        if (self.impl == "auto" and cpu_conv.block_eligible(x)
-                and not self.is_mutable_collection("intermediates")):
-            static = conv(c, c, dtype=self.dtype, name="conv",
-                          conv_fn=cpu_conv.valid_rows_conv)
-            y = cpu_conv.packed_dcrb(x, ddc.kernels(idr), static, lrelu)
-        else:
-            y = conv(c, c, dtype=self.dtype, name="conv")(lrelu(ddc(x, idr))) + x
+        y = IDRDDC(self.n_feats, self.impl, self.dtype, name="ddc")(x, idr)
+        y = conv(self.n_feats, self.n_feats, dtype=self.dtype, name="conv")(lrelu(y)) + x
         self.sow("intermediates", "out", y)
         return y
 

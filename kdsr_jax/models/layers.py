@@ -76,7 +76,7 @@ def torch_uniform_init(fan_in: int):
 
 def conv(features: int, in_features: int, kernel: int = 3, stride: int = 1,
          padding: int | None = None, use_bias: bool = True, dtype=jnp.float32,
-         name: str | None = None, conv_fn=cpu_conv.conv_general_dilated) -> nn.Conv:
+         name: str | None = None) -> nn.Conv:
     """`default_conv`: zero padding k//2, stride 1, bias (reference §1.1), torch init.
     On CPU, narrow stride-1 convs run strip-packed (`kdsr_jax.models.cpu_conv`): same
     result, both cores busy."""
@@ -86,7 +86,7 @@ def conv(features: int, in_features: int, kernel: int = 3, stride: int = 1,
                    padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
                    param_dtype=jnp.float32, kernel_init=torch_uniform_init(fan_in),
                    bias_init=torch_uniform_init(fan_in),
-                   conv_general_dilated=conv_fn, name=name)
+                   conv_general_dilated=cpu_conv.conv_general_dilated, name=name)
 
 
 def dense(features: int, in_features: int, use_bias: bool = True, dtype=jnp.float32,
