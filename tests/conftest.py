@@ -28,3 +28,17 @@ def fixtures_dir() -> pathlib.Path:
             pytest.fail(f"parity fixtures missing at {FIXTURES} (required in CI)")
         pytest.skip(f"parity fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+def make_tiny_checkpoint(tmp_path_factory, kind: str = "student", seed: int = 0):
+    """A converted checkpoint directory of the 'tiny' preset (random weights):
+    returns (path, model, variables). Shared by the evaluate and upscale CLI tests."""
+    from kdsr_jax import convert
+    from kdsr_jax.models import build_model, init_variables
+    from kdsr_jax.models.spec import preset
+
+    spec = preset("tiny", kind=kind)
+    variables = init_variables(spec, jax.random.key(seed))
+    directory = tmp_path_factory.mktemp("ckpt") / f"tiny_{kind}"
+    convert.save_converted(directory, spec, variables)
+    return str(directory), build_model(spec), variables

@@ -6,16 +6,15 @@ import json
 import math
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
 
-from kdsr_jax import convert, evaluate
+from kdsr_jax import evaluate
 from kdsr_jax.evaluate import protocol, tiling
-from kdsr_jax.models import build_model, init_variables, spec as spec_lib
+from conftest import make_tiny_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"
@@ -26,11 +25,7 @@ _spec.loader.exec_module(evaluate_script)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    sp = spec_lib.preset("tiny")
-    v = init_variables(sp, jax.random.key(0))
-    d = tmp_path_factory.mktemp("ckpt") / "tiny"
-    convert.save_converted(d, sp, v)
-    return str(d), build_model(sp), v
+    return make_tiny_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

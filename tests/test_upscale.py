@@ -7,16 +7,14 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from kdsr_jax import convert
 from kdsr_jax.data import images
 from kdsr_jax.evaluate import protocol
-from kdsr_jax.models import build_model, init_variables, spec as spec_lib
+from conftest import make_tiny_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "upscale.py"
@@ -34,19 +32,12 @@ upscale = _load_script()
 
 @pytest.fixture(scope="module")
 def student_ckpt(tmp_path_factory):
-    sp = spec_lib.preset("tiny")
-    v = init_variables(sp, jax.random.key(0))
-    d = tmp_path_factory.mktemp("ckpt") / "tiny_student"
-    convert.save_converted(d, sp, v)
-    return str(d), build_model(sp), v
+    return make_tiny_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory):
-    sp = spec_lib.preset("tiny", kind="teacher")
-    d = tmp_path_factory.mktemp("ckpt") / "tiny_teacher"
-    convert.save_converted(d, sp, init_variables(sp, jax.random.key(1)))
-    return str(d)
+    return make_tiny_checkpoint(tmp_path_factory, kind="teacher", seed=1)[0]
 
 
 def _photo(h=40, w=44):
