@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from kdsr_jax.models import dynconv as dynconv_lib
