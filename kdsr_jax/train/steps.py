@@ -62,6 +62,18 @@ def _classic_lr(key, hr, cfg):
     return classic.degrade(key, hr, cfg)
 
 
+def _teacher_features(teacher, frozen, lr_img, hr):
+    """The frozen teacher's 4C-dim distillation feature (TRAINING.md §0), no gradient."""
+    _, t_fea = teacher.apply(frozen["teacher"], lr_img, hr, method="encode")
+    return jax.lax.stop_gradient(t_fea)
+
+
+def _student_l1_kd(model, params, lr_img, target, t_fea, temperature):
+    """Student forward with (sr, L1(sr, target), KD(teacher || student)) (TRAINING.md §0)."""
+    sr, feats = model.apply({"params": params}, lr_img, return_features=True)
+    return sr, losses.l1(sr, target), losses.kd(t_fea, feats["fea"], temperature)
+
+
 def make_classic_step(config: ml_collections.ConfigDict, model, teacher=None) -> StepFn:
     """Stage 3 (teacher) or stage 4 (student) of KDSR-classic."""
     schedule = schedules.from_config(config.schedule)
@@ -86,13 +98,10 @@ def make_classic_step(config: ml_collections.ConfigDict, model, teacher=None) ->
                 l1 = losses.l1(sr, hr)
                 return l1, {"l1": l1}
         else:
-            _, t_fea = jax.lax.stop_gradient(
-                teacher.apply(frozen["teacher"], lr_img, hr, method="encode"))
+            t_fea = _teacher_features(teacher, frozen, lr_img, hr)
 
             def loss_fn(p):
-                sr, feats = model.apply({"params": p}, lr_img, return_features=True)
-                l1 = losses.l1(sr, hr)
-                kd = losses.kd(t_fea, feats["fea"], temperature)
+                _, l1, kd = _student_l1_kd(model, p, lr_img, hr, t_fea, temperature)
                 return l1 + kd_weight * kd, {"l1": l1, "kd": kd}
 
             def enc_loss_fn(p_e, p_g):
@@ -170,13 +179,10 @@ def make_gan_step(config: ml_collections.ConfigDict, model, teacher=None,
         else:
             # V2 (§2.5): the teacher's HR input is the USM-sharpened GT.
             t_hr = sharpen.usm(gt) if stage == "gan" and usm_teacher else gt
-            _, t_fea = jax.lax.stop_gradient(
-                teacher.apply(frozen["teacher"], lq, t_hr, method="encode"))
+            t_fea = _teacher_features(teacher, frozen, lq, t_hr)
 
             def loss_fn(p):
-                sr, feats = model.apply({"params": p}, lq, return_features=True)
-                l1 = losses.l1(sr, gt)
-                kd = losses.kd(t_fea, feats["fea"], temperature)
+                sr, l1, kd = _student_l1_kd(model, p, lq, gt, t_fea, temperature)
                 aux = {"l1": l1, "kd": kd}
                 total = l1 + kd_weight * kd
                 if stage != "gan":
