@@ -169,7 +169,10 @@ class Runner:
         self.spec = model.spec
         if self.spec.kind == "discriminator":
             raise ValueError("a discriminator checkpoint cannot upscale images")
-        self.model = build_model(self.spec, dtype) if dtype != jnp.float32 else model
+        # The masking interceptor works module by module, so G's packed CPU path
+        # (`models.packed`, taken for dynconv='auto') is switched off here: same function.
+        impl = "shift" if self.spec.dynconv == "auto" else self.spec.dynconv
+        self.model = build_model(self.spec.replace(dynconv=impl), dtype)
         self.variables = {"params": variables["params"]}
         self.scale = self.spec.scale
         self.is_teacher = self.spec.kind == "teacher"

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdsr_jax.models import dynconv as dynconv_lib
+from kdsr_jax.models import packed
 from kdsr_jax.models.layers import (conv, dense, lrelu, mean_shift_bias, pixel_shuffle,
                                     pixel_unshuffle)
 from kdsr_jax.models.spec import ModelSpec
@@ -109,6 +110,13 @@ class Generator(nn.Module):
 
     @nn.compact
     def __call__(self, lr, idr):
+        if self._packed_path_applies(lr):
+            reference = self.clone(parent=None, impl="shift")
+            forward = packed.with_reference_gradient(
+                lambda params, lr, idr: packed.generator(
+                    params, lr, idr, self.n_blocks, upsampler_stages(self.scale), self.rgb_range),
+                lambda params, lr, idr: reference.apply({"params": params}, lr, idr))
+            return forward(self.variables["params"], lr, idr.astype(jnp.float32))
         c = self.n_feats
         x = lr.astype(self.dtype) + mean_shift_bias(self.rgb_range, -1).astype(self.dtype)
         f0 = conv(c, 3, dtype=self.dtype, name="head")(x)
@@ -125,6 +133,15 @@ class Generator(nn.Module):
         y = conv(3, c, dtype=self.dtype, name="tail")(r)
         self.sow("intermediates", "tail_out", y)
         return y + mean_shift_bias(self.rgb_range, +1).astype(self.dtype)
+
+    def _packed_path_applies(self, lr) -> bool:
+        """The CPU fast path (`packed.generator`: same values; derivatives from this
+        module-by-module path) is taken for a plain float32 forward with impl='auto';
+        not while initialising or recording intermediates, nor for wide images or an
+        explicit 'shift'/'grouped' (e.g. the tiling Runner, which intercepts submodules)."""
+        return (self.impl == "auto" and self.dtype == jnp.float32 and packed.applies(lr)
+                and not self.is_initializing()
+                and not self.is_mutable_collection("intermediates"))
 
 
 class ResBlock(nn.Module):

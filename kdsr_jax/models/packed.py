@@ -1,0 +1,209 @@
+"""CPU inference path for G's low-resolution part: every LR feature map kept in one
+strip-packed layout from the head conv to the first upsampling conv.
+
+Why: on the CPU, XLA runs a 3x3 conv on both cores only once the image is wide
+(`cpu_conv` explains and measures it), so `cpu_conv.packed_conv` cuts each narrow image
+into horizontal strips laid side by side. Done conv by conv, each conv pays a packing
+copy in and an unpacking copy out. Here the maps stay packed through the head, all N
+IDR-DCRBs and the body conv: one copy in, one out. Measured on the 2-core dev box, LR
+64x64, batch 1, KDSRs-M G: 142 ms vs 152 ms conv by conv (minimum of 20 interleaved
+runs), identical output. (The encoder was tried too and gained nothing: XLA duplicated
+its residual fusions; it stays conv by conv.)
+
+Layout (`Layout`): image b is cut into `strips` strips of `rows` rows (the last one
+zero-filled below the image); the B*strips strips sit side by side along the width, each
+preceded by one zero column, and one more zero column closes the row. A map is stored
+*extended* by `halo` rows above and below each strip holding the neighbouring strip's
+rows (zeros at the image border): (1, rows + 2 halo, B*strips*(W+1) + 1, C). On it a
+3x3 zero-padded conv is 'valid' along the height, and the depthwise dynamic conv is nine
+slices.
+
+Pure functions of `kdsr.Generator`'s parameter dict (same names), float32.
+`Generator` calls `generator` for a plain forward on the CPU, with its own
+module-by-module path supplying the derivatives (`with_reference_gradient`), and uses
+that path for everything else (recorded intermediates, other dtypes, wide images,
+explicit dynconv impls); `tests/test_packed.py` checks they agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from kdsr_jax.models import cpu_conv
+from kdsr_jax.models.layers import lrelu, mean_shift_bias, pixel_shuffle
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each pixel of a (batch, height, width, C) map lives in the packed layout."""
+
+    batch: int
+    height: int
+    width: int
+    strips: int
+    rows: int
+
+    @property
+    def strip_width(self) -> int:
+        return self.width + 1                                   # a zero column, the image
+
+    @property
+    def packed_width(self) -> int:
+        return self.batch * self.strips * self.strip_width + 1  # + a closing zero column
+
+    def valid(self, halo: int) -> np.ndarray:
+        """(1, rows + 2 halo, packed_width, 1) float32: 1 on image pixels, 0 on gap
+        columns, filler rows and rows beyond the image border."""
+        r = np.arange(-halo, self.rows + halo)
+        image_row = np.arange(self.strips)[:, None] * self.rows + r[None, :]
+        row_ok = (image_row >= 0) & (image_row < self.height)            # (k, R)
+        col_ok = np.arange(self.strip_width) > 0                          # (W+1,)
+        m = row_ok[:, :, None] & col_ok[None, None, :]                     # (k, R, W+1)
+        m = np.broadcast_to(m[None], (self.batch,) + m.shape).transpose(2, 0, 1, 3)
+        m = m.reshape(r.size, self.packed_width - 1)
+        m = np.pad(m, ((0, 0), (0, 1)))                                    # closing column
+        return m.reshape(1, r.size, self.packed_width, 1).astype(np.float32)
+
+
+def layout_for(batch: int, height: int, width: int) -> Layout:
+    strips = cpu_conv.strips_for(batch, height, width, 3)
+    return Layout(batch, height, width, strips, -(-height // strips))
+
+
+def applies(x: jax.Array) -> bool:
+    """Whether the packed path pays for an LR input `x` (B, H, W, C): CPU backend,
+    packing on, float32, and an image narrow enough that XLA would not use both cores."""
+    return (cpu_conv.PACKING_ENABLED and jax.default_backend() == "cpu" and x.ndim == 4
+            and x.dtype == jnp.float32 and x.shape[2] < cpu_conv.NARROW_WIDTH)
+
+
+# ------------------------------------------------------------------ layout changes --
+
+def extend(p: jax.Array, lay: Layout, halo: int) -> jax.Array:
+    """(1, rows, packed_width, C) -> (1, rows + 2 halo, packed_width, C): `halo` rows
+    from the neighbouring strips above and below each strip, everything outside the
+    image zeroed. A 3x3 conv needs halo 1; the dynamic conv followed by a conv, 2."""
+    sw, pw = lay.strip_width, lay.packed_width
+    top = jnp.pad(p[:, -halo:], ((0, 0), (0, 0), (sw, 0), (0, 0)))[:, :, :pw]
+    bottom = jnp.pad(p[:, :halo], ((0, 0), (0, 0), (0, sw), (0, 0)))[:, :, sw:]
+    return jnp.concatenate([top, p, bottom], axis=1) * lay.valid(halo)
+
+
+def pack(x: jax.Array, lay: Layout, halo: int) -> jax.Array:
+    """(B, H, W, C) -> extended packed map."""
+    b, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, lay.strips * lay.rows - h), (1, 0), (0, 0)))
+    x = x.reshape(b, lay.strips, lay.rows, lay.strip_width, c).transpose(2, 0, 1, 3, 4)
+    x = x.reshape(1, lay.rows, lay.packed_width - 1, c)
+    return extend(jnp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 0))), lay, halo)
+
+
+def interior(e: jax.Array, lay: Layout, halo: int) -> jax.Array:
+    """The strips' own rows of an extended map: (1, rows, packed_width, C)."""
+    return e[:, halo:halo + lay.rows]
+
+
+def unpack(p: jax.Array, lay: Layout) -> jax.Array:
+    """(1, rows, packed_width, C) -> (B, H, W, C)."""
+    c = p.shape[-1]
+    y = p[:, :, :-1].reshape(lay.rows, lay.batch, lay.strips, lay.strip_width, c)[..., 1:, :]
+    y = y.transpose(1, 2, 0, 3, 4).reshape(lay.batch, lay.strips * lay.rows, lay.width, c)
+    return y[:, :lay.height]
+
+
+# ------------------------------------------------------------------------ the ops --
+
+def conv(e1: jax.Array, params) -> jax.Array:
+    """3x3 zero-padded conv + bias of a halo-1 extended map, read whole (XLA would copy a
+    slice) -> (1, rows, packed_width, C'). Gap columns and filler rows hold junk until
+    the next `extend` zeroes them."""
+    y = lax.conv_general_dilated(e1, params["kernel"], (1, 1), ((0, 0), (1, 1)),
+                                 dimension_numbers=_NHWC)
+    return y + params["bias"]
+
+
+def dynamic_conv_act(e2: jax.Array, kernels: jax.Array, lay: Layout) -> jax.Array:
+    """LReLU of the per-sample depthwise 3x3 cross-correlation (kernels (B, 3, 3, C)) of
+    a halo-2 extended map, on the strips' rows plus one halo row each side (what the
+    following conv reads) and every column but the two outermost (zero columns the
+    conv restores as padding), zero outside the image: (1, rows + 2, packed_width - 2, C)."""
+    pw = lay.packed_width
+    if lay.batch > 1:    # every packed column uses the kernels of its own image
+        kernels = jnp.pad(jnp.repeat(kernels, lay.strips * lay.strip_width, axis=0),
+                          ((0, 1), (0, 0), (0, 0), (0, 0)))
+    e2 = jnp.pad(e2, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    out = None
+    for ky in range(3):
+        for kx in range(3):
+            term = e2[:, ky:ky + lay.rows + 2, kx:kx + pw] * kernels[:, ky, kx, :]
+            out = term if out is None else out + term
+    return lrelu(out) * lay.valid(1)
+
+
+def _dense(x, params):
+    y = jnp.dot(x, params["kernel"])
+    return y + params["bias"] if "bias" in params else y
+
+
+# --------------------------------------------------------------------- networks --
+
+def idr_kernels(params, idr: jax.Array) -> jax.Array:
+    """IDR-DDC's kernel generator: (B, C) -> (B, 3, 3, C)."""
+    v = _dense(lrelu(_dense(idr, params["fc1"])), params["fc2"])
+    return v.reshape(v.shape[0], -1, 3, 3).transpose(0, 2, 3, 1)
+
+
+def generator(params, lr: jax.Array, idr: jax.Array, n_blocks: int, stages, rgb_range):
+    """`kdsr.Generator` with its LR part (head, blocks, body conv, first upsampling
+    conv) on the packed layout. `stages`: the upsampler's pixel-shuffle factors."""
+    lay = layout_for(*lr.shape[:3])
+    x = lr + mean_shift_bias(rgb_range, -1)
+    f0 = conv(pack(x, lay, 1), params["head"])
+    e = extend(f0, lay, 2)
+    f0 = interior(e, lay, 2)                                   # f0 with zeros outside
+    body = params["body"]
+    for i in range(n_blocks):
+        block = body[f"block_{i}"]
+        a = dynamic_conv_act(e, idr_kernels(block["ddc"], idr), lay)
+        y = lax.conv_general_dilated(a, block["conv"]["kernel"], (1, 1), ((0, 0), (1, 1)),
+                                     dimension_numbers=_NHWC)
+        e = extend(y + block["conv"]["bias"] + interior(e, lay, 2), lay, 2)
+    e = extend(conv(extend(interior(e, lay, 2), lay, 1), params["body_conv"]) + f0, lay, 1)
+    r = pixel_shuffle(unpack(conv(e, params["up_0"]), lay), stages[0])
+    for k, factor in enumerate(stages[1:], start=1):
+        r = pixel_shuffle(_plain_conv(r, params[f"up_{k}"]), factor)
+    return _plain_conv(r, params["tail"]) + mean_shift_bias(rgb_range, +1)
+
+
+def _plain_conv(x, params):
+    """The module path's 3x3 conv (`layers.conv`) on an unpacked map."""
+    y = cpu_conv.conv_general_dilated(x, params["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=_NHWC)
+    return y + params["bias"]
+
+
+def with_reference_gradient(fast, reference):
+    """`fast` for values, `reference` (the same function, another formulation) for
+    derivatives: under `jax.grad` / `jax.vjp` the forward and backward passes are those
+    of `reference`, so training costs exactly what the module path costs."""
+
+    @jax.custom_vjp
+    def f(*args):
+        return fast(*args)
+
+    def f_fwd(*args):
+        return jax.vjp(reference, *args)
+
+    def f_bwd(vjp_fn, cotangent):
+        return vjp_fn(cotangent)
+
+    f.defvjp(f_fwd, f_bwd)
+    return functools.wraps(fast)(f)
