@@ -51,26 +51,46 @@ def _check_counts(warmup: int, iters: int) -> None:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
 
 
-def time_jax(fn: Callable, *args, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS,
-             static_argnums=()) -> tuple[Timing, Any]:
-    """Jit `fn`, compile it for `args` (timed apart), then time `iters` calls after
-    `warmup` calls, each waited for with block_until_ready. Returns (timing, output)."""
+def compile_jax(fn: Callable, *args, static_argnums=()) -> tuple[Callable[[], Any], float]:
+    """Jit and compile `fn` for `args`. Returns (a no-argument call that runs it on
+    `args` and waits for the result, compile seconds)."""
     import jax
 
-    _check_counts(warmup, iters)
     t0 = time.perf_counter()
     compiled = jax.jit(fn, static_argnums=static_argnums).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     dyn_args = [a for i, a in enumerate(args) if i not in static_argnums]
-    out = None
+    return (lambda: jax.block_until_ready(compiled(*dyn_args))), compile_s
+
+
+def time_jax(fn: Callable, *args, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS,
+             static_argnums=()) -> tuple[Timing, Any]:
+    """Jit `fn`, compile it for `args` (timed apart), then time `iters` calls after
+    `warmup` calls, each waited for with block_until_ready. Returns (timing, output)."""
+    _check_counts(warmup, iters)
+    call, compile_s = compile_jax(fn, *args, static_argnums=static_argnums)
+    timed, out = time_eager(call, warmup=warmup, iters=iters)
+    return Timing(compile_s, timed.times_s), out
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], warmup: int = DEFAULT_WARMUP,
+                     iters: int = DEFAULT_ITERS) -> dict[str, tuple[Timing, Any]]:
+    """Time several synchronous no-argument calls side by side: each round runs every
+    call once, in turn, so a change in machine load (other jobs, CPU clock) during the
+    measurement hits all of them alike instead of whichever ran last. Returns
+    {name: (timing with compile_s None, last output)}."""
+    _check_counts(warmup, iters)
+    outs: dict[str, Any] = {}
     for _ in range(warmup):
-        out = jax.block_until_ready(compiled(*dyn_args))
-    times = []
+        for name, call in calls.items():
+            outs[name] = call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(iters):
-        t = time.perf_counter()
-        out = jax.block_until_ready(compiled(*dyn_args))
-        times.append(time.perf_counter() - t)
-    return Timing(compile_s, times), out
+        for name, call in calls.items():
+            t = time.perf_counter()
+            outs[name] = call()
+            times[name].append(time.perf_counter() - t)
+    return {name: (Timing(None, times[name]), outs[name]) for name in calls}
 
 
 def time_jax_step(step: Callable, state, *args, warmup: int = DEFAULT_WARMUP,
