@@ -193,7 +193,8 @@ def _plain_conv(x, params):
 def with_reference_gradient(fast, reference):
     """`fast` for values, `reference` (the same function, another formulation) for
     derivatives: under `jax.grad` / `jax.vjp` the forward and backward passes are those
-    of `reference`, so training costs exactly what the module path costs."""
+    of `reference`, so training costs exactly what the module path costs. Reverse mode
+    only (a `jax.custom_vjp`): `jax.jvp` needs the module path (dynconv='shift')."""
 
     @jax.custom_vjp
     def f(*args):
