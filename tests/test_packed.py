@@ -12,7 +12,7 @@ from kdsr_jax.models.kdsr import Generator, upsampler_stages
 from kdsr_jax.models.spec import preset
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU-only path")
-SHAPES = [(1, 64, 64), (2, 37, 23), (3, 9, 50), (1, 5, 7)]
+SHAPES = [(1, 64, 64), (2, 37, 23), (3, 9, 50), (1, 5, 7), (1, 1, 5), (2, 2, 1)]
 
 
 def _random(shape, seed=0):

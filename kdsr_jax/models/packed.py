@@ -92,6 +92,9 @@ def extend(p: jax.Array, lay: Layout, halo: int) -> jax.Array:
     from the neighbouring strips above and below each strip, everything outside the
     image zeroed. A 3x3 conv needs halo 1; the dynamic conv followed by a conv, 2."""
     sw, pw = lay.strip_width, lay.packed_width
+    if lay.rows < halo:      # one short strip (tiny image): its halo rows are all zero
+        zeros = jnp.zeros(p.shape[:1] + (halo,) + p.shape[2:], p.dtype)
+        return jnp.concatenate([zeros, p * lay.valid(0), zeros], axis=1)
     top = jnp.pad(p[:, -halo:], ((0, 0), (0, 0), (sw, 0), (0, 0)))[:, :, :pw]
     bottom = jnp.pad(p[:, :halo], ((0, 0), (0, 0), (0, sw), (0, 0)))[:, :, sw:]
     return jnp.concatenate([top, p, bottom], axis=1) * lay.valid(halo)
