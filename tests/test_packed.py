@@ -115,3 +115,11 @@ def test_packed_path_is_skipped_where_it_must_not_run(monkeypatch):
     assert not calls
     build_model(spec).apply(variables, lr)
     assert len(calls) == 1
+
+
+def test_empty_batch_gives_an_empty_output():
+    spec = preset("tiny", scale=2)
+    variables = init_variables(spec, jax.random.key(3))
+    for impl in ("auto", "shift"):
+        out = build_model(spec.replace(dynconv=impl)).apply(variables, jnp.zeros((0, 8, 6, 3)))
+        assert out.shape == (0, 16, 12, 3)

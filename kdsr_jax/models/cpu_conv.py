@@ -93,7 +93,7 @@ def eligible(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
     if not _is_same_padding(padding, kh, kw):
         return False
     b, h, w, _ = lhs.shape
-    if w >= NARROW_WIDTH:
+    if w >= NARROW_WIDTH or min(b, h, w) < 1:      # wide, or empty (nothing to pack)
         return False
     return b * (w + kw // 2) < TARGET_WIDTH or strips_for(b, h, w, kw) > 1
 

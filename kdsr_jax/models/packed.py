@@ -82,7 +82,8 @@ def applies(x: jax.Array) -> bool:
     """Whether the packed path pays for an LR input `x` (B, H, W, C): CPU backend,
     packing on, float32, and an image narrow enough that XLA would not use both cores."""
     return (cpu_conv.PACKING_ENABLED and jax.default_backend() == "cpu" and x.ndim == 4
-            and x.dtype == jnp.float32 and x.shape[2] < cpu_conv.NARROW_WIDTH)
+            and x.dtype == jnp.float32 and x.shape[2] < cpu_conv.NARROW_WIDTH
+            and min(x.shape[:3]) >= 1)
 
 
 # ------------------------------------------------------------------ layout changes --
