@@ -51,6 +51,35 @@ def test_cli_smoke_run_on_tiny_prints_table_and_writes_json(tmp_path, capsys):
     assert report["environment"]["backend"] == "cpu"
 
 
+def test_forward_section_times_jax_and_the_torch_twin_per_dtype():
+    """With torch, each dtype gets a JAX row, a twin row (bfloat16 = autocast) and a
+    JAX/PyTorch comparison; the float32 twin matches the JAX output."""
+    pytest.importorskip("torch")
+    cfg = runner.BenchConfig(sections=("forward",), models=("tiny",), lr_size=(8, 12),
+                             dtypes=("float32", "bfloat16"), torch="on", warmup=0, iters=2)
+    rows, comparisons = runner.bench_forward(cfg, jax.random.key(0))
+    got = {(r["backend"], r["dtype"]) for r in rows}
+    assert got == {("jax", "float32"), ("jax", "bfloat16"), ("torch", "float32"),
+                   ("torch", "bfloat16")}
+    assert all(r["runs"] == 2 and r["median_s"] > 0 for r in rows)
+    f32 = next(r for r in rows if r["backend"] == "torch" and r["dtype"] == "float32")
+    assert f32["max_abs_diff"] <= TWIN_TOL and "on cpu" in f32["note"]
+    bf16 = next(r for r in rows if r["backend"] == "torch" and r["dtype"] == "bfloat16")
+    assert TWIN_TOL < bf16["max_abs_diff"] < 0.1            # really ran in bfloat16
+    assert [c["what"].split()[-1] for c in comparisons] == ["float32", "bfloat16"]
+    for c in comparisons:
+        assert c["jax_over_torch"] == pytest.approx(c["jax_median_s"] / c["torch_median_s"])
+        assert c["jax_over_torch_min"] == pytest.approx(c["jax_min_s"] / c["torch_min_s"])
+
+
+def test_time_interleaved_alternates_the_calls():
+    order = []
+    timed = timing.time_interleaved({"a": lambda: order.append("a") or 1,
+                                     "b": lambda: order.append("b") or 2}, warmup=1, iters=2)
+    assert order == ["a", "b"] * 3
+    assert timed["a"][1] == 1 and timed["b"][1] == 2 and len(timed["b"][0].times_s) == 2
+
+
 def test_cli_reports_bad_arguments_as_one_line_error(capsys):
     assert _cli().main(["--sections", "forward,nope", *TINY_ARGS]) == 1
     err = capsys.readouterr().err

@@ -9,7 +9,9 @@ Sections (`BenchConfig.sections`):
   importable, the PyTorch twin (`torch_twin.py`) is loaded with the same weights, its
   output compared (max abs diff) and timed the same way, its runs interleaved with the
   JAX ones (one of each in turn, so drifting machine load hits both alike); the
-  JAX/PyTorch ratios of the median and of the minimum latency are reported.
+  JAX/PyTorch ratios of the median and of the minimum latency are reported, per dtype
+  (the twin's bfloat16 is torch autocast). The twin runs on CUDA when JAX runs on a GPU
+  and torch has CUDA, else on the CPU.
 * ``train``: ('model' in `train_steps`) a self-contained KDSR teacher step (L1 + Adam,
   reference/TRAINING.md §1.3-1.4) on ready-made (LR, HR) batches: `train_batch` x
   `train_lr_size`^2 LR patches, steps/s; ('project') the project's own stage-3 step
@@ -147,6 +149,30 @@ def _torch_or_none(mode: str):
 # --------------------------------------------------------------------------- forward
 
 
+def torch_device() -> str:
+    """Where the PyTorch twin runs: CUDA when JAX itself runs on a GPU and torch sees
+    one (a like-for-like comparison), else the CPU."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _twin_call(twin, x_t, device: str, dname: str):
+    """A no-argument twin forward in `dname` (bfloat16 = torch autocast, the usual mixed
+    precision in PyTorch) that returns only once the device has finished."""
+    import torch
+
+    def call():
+        with torch.inference_mode(), torch.autocast(
+                device_type=device, dtype=torch.bfloat16, enabled=dname == "bfloat16"):
+            out = twin(x_t)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return call
+
+
 def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
     rows, comparisons = [], []
     twin_mod = _torch_or_none(cfg.torch)
@@ -160,44 +186,45 @@ def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
         calls, compile_s = {}, {}
         for dname in cfg.dtypes:
             model = build_model(spec, DTYPES[dname])
-            calls[dname], compile_s[dname] = timing.compile_jax(
+            calls[("jax", dname)], compile_s[dname] = timing.compile_jax(
                 lambda v, x, m=model: m.apply(v, x), variables, lr)
         if twin_mod is not None:
             import torch
 
-            twin = twin_mod.twin_from_variables(spec, variables)
-            x_t = twin_mod.nhwc_to_nchw(lr)
-
-            def fwd(twin=twin, x_t=x_t):
-                with torch.inference_mode():
-                    return twin(x_t)
-
-            calls["torch"] = fwd
+            device = torch_device()
+            twin = twin_mod.twin_from_variables(spec, variables).to(device)
+            x_t = twin_mod.nhwc_to_nchw(lr).to(device)
+            for dname in cfg.dtypes:
+                calls[("torch", dname)] = _twin_call(twin, x_t, device, dname)
         # JAX and torch runs alternate, so both see the same machine conditions.
         timed = timing.time_interleaved(calls, warmup=cfg.warmup, iters=cfg.iters)
-        ref_out = timed["float32"][1] if "float32" in timed else None
+        ref = np.asarray(timed[("jax", "float32")][1]) if "float32" in cfg.dtypes else None
+
+        def vs_reference(out, label):
+            if ref is None:
+                return "", None
+            diff = float(np.max(np.abs(np.asarray(out, np.float32) - ref)))
+            return f"max|{label}-jax float32| = {diff:.2e}", diff
+
         for dname in cfg.dtypes:
-            t, out = timed[dname]
+            t, out = timed[("jax", dname)]
             t.compile_s = compile_s[dname]
-            note = ""
-            if dname != "float32" and ref_out is not None:
-                err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref_out)))
-                note = f"max|{dname}-float32| = {err:.2e}"
+            note = vs_reference(out, f"jax {dname}")[0] if dname != "float32" else ""
             rows.append(_row("forward", f"{name} student", "jax", dname, cfg.batch, shape, t,
                              note=note))
         if twin_mod is None:
             continue
-        t, out_t = timed["torch"]
-        note, diff = f"torch {torch.__version__}, {torch.get_num_threads()} threads", None
-        if ref_out is not None:
-            diff = float(np.max(np.abs(twin_mod.nchw_to_nhwc(out_t) - np.asarray(ref_out))))
-            note += f"; max|jax-torch| = {diff:.2e}"
-        rows.append(_row("forward", f"{name} student", "torch", "float32", cfg.batch, shape, t,
-                         note=note, max_abs_diff=diff))
-        if ref_out is not None:
-            jax_t = timed["float32"][0]
+        for dname in cfg.dtypes:
+            t, out_t = timed[("torch", dname)]
+            note, diff = vs_reference(twin_mod.nchw_to_nhwc(out_t), f"torch {dname}")
+            note = (f"torch {torch.__version__} on {device}"
+                    + (f", {torch.get_num_threads()} threads" if device == "cpu" else "")
+                    + (f"; {note}" if note else ""))
+            rows.append(_row("forward", f"{name} student", "torch", dname, cfg.batch, shape, t,
+                             note=note, max_abs_diff=diff))
+            jax_t = timed[("jax", dname)][0]
             comparisons.append(dict(
-                what=f"{name} student forward {shape} batch {cfg.batch} float32",
+                what=f"{name} student forward {shape} batch {cfg.batch} {dname}",
                 jax_median_s=jax_t.median_s, torch_median_s=t.median_s,
                 jax_over_torch=jax_t.median_s / t.median_s,
                 jax_min_s=jax_t.min_s, torch_min_s=t.min_s,

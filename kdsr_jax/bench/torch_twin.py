@@ -200,4 +200,5 @@ def nhwc_to_nchw(x) -> torch.Tensor:
 
 
 def nchw_to_nhwc(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+    """A float32 NHWC numpy copy of an NCHW tensor from any device or dtype."""
+    return t.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
