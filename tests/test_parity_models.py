@@ -134,6 +134,21 @@ def test_train_outputs_and_l1_gradients_match_fixture(fixtures_dir, name):
     assert not failures, failures
 
 
+@pytest.mark.parametrize("name", SR_FIXTURES)
+def test_plain_forward_matches_eval_sr_within_2e5(fixtures_dir, name, monkeypatch):
+    """`model.apply(variables, lr[, hr])` as users call it: on the CPU this is G's
+    packed path (kdsr_jax.models.packed), which must meet the same tolerance."""
+    from kdsr_jax.models import packed
+
+    calls = []
+    original = packed.generator
+    monkeypatch.setattr(packed, "generator", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model, variables, z = load(fixtures_dir, name)
+    sr = model.apply(variables, *model_inputs(model, z))
+    assert max_err(nchw(sr), z["eval_sr"]) <= OUT_TOL
+    assert bool(calls) == (jax.default_backend() == "cpu")
+
+
 @pytest.mark.parametrize("impl", ["shift", "grouped"])
 def test_every_dynconv_formulation_matches_classic_st_x4_eval_sr_within_2e5(fixtures_dir, impl):
     model, variables, z = load(fixtures_dir, "classic_st_small_x4", dynconv=impl)
