@@ -8,6 +8,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -28,6 +29,17 @@ def fixtures_dir() -> pathlib.Path:
             pytest.fail(f"parity fixtures missing at {FIXTURES} (required in CI)")
         pytest.skip(f"parity fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+def load_npz(path) -> dict:
+    """All arrays of a fixture .npz, read once into a dict (for module-scoped fixtures)."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def to_nhwc(a) -> np.ndarray:
+    """A fixture's NCHW array in our NHWC layout (numpy)."""
+    return np.transpose(np.asarray(a), (0, 2, 3, 1))
 
 
 def make_tiny_checkpoint(tmp_path_factory, kind: str = "student", seed: int = 0):

@@ -15,6 +15,8 @@ import pytest
 
 from kdsr_jax.degradation import bicubic, classic, kernels
 
+from conftest import to_nhwc
+
 # Fixture README "How to compare".
 KERNEL_ATOL, KERNEL_RTOL = 1e-7, 1e-5      # float32 kernels
 BLUR_TOL = 5e-6                            # 21x21 blur output
@@ -29,10 +31,6 @@ UTIL2_FIXTURES = [
     "deg_srmd_iso_sig0_x4", "deg_srmd_aniso_noise25_x4",
 ]
 NOISELESS_FIXTURES = [n for n in UTIL2_FIXTURES if "noise" not in n]
-
-
-def _nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 def _load(fixtures_dir, name):
@@ -99,7 +97,7 @@ def test_iso_sigma_zero_skips_blur(fixtures_dir):
     cfg = _official_config(cfg_json)
     assert z["kernel"].size == 0
     assert classic.make_kernels(jax.random.PRNGKey(0), cfg, 2) is None
-    hr = jnp.asarray(_nhwc(z["in_hr"]))
+    hr = jnp.asarray(to_nhwc(z["in_hr"]))
     out = classic.degrade_full(jax.random.PRNGKey(0), hr, cfg)
     np.testing.assert_array_equal(np.asarray(out.blurred_hr), np.asarray(hr))
 
@@ -153,10 +151,10 @@ def test_bicubic_weights_and_indices_match_fixture(fixtures_dir, s):
 def test_bicubic_resize_matches_fixture(fixtures_dir, s):
     """deg_bicubic_x{s}: out_down and out_up_of_down within 1e-6 (jitted)."""
     z, _ = _load(fixtures_dir, f"deg_bicubic_x{s}")
-    down = jax.jit(bicubic.downscale, static_argnums=1)(jnp.asarray(_nhwc(z["in_x"])), s)
-    assert _max_err(down, _nhwc(z["out_down"])) <= RESIZE_TOL
-    up = jax.jit(bicubic.upscale, static_argnums=1)(jnp.asarray(_nhwc(z["out_down"])), s)
-    assert _max_err(up, _nhwc(z["out_up_of_down"])) <= RESIZE_TOL
+    down = jax.jit(bicubic.downscale, static_argnums=1)(jnp.asarray(to_nhwc(z["in_x"])), s)
+    assert _max_err(down, to_nhwc(z["out_down"])) <= RESIZE_TOL
+    up = jax.jit(bicubic.upscale, static_argnums=1)(jnp.asarray(to_nhwc(z["out_down"])), s)
+    assert _max_err(up, to_nhwc(z["out_up_of_down"])) <= RESIZE_TOL
 
 
 def test_bicubic_x4_keeps_16_of_18_taps_and_rows_sum_to_one():
@@ -184,7 +182,7 @@ def _run_fixture(fixtures_dir, name):
     if name in _RUNS:
         return _RUNS[name]
     z, cfg_json = _load(fixtures_dir, name)
-    hr = jnp.asarray(_nhwc(z["in_hr"]))
+    hr = jnp.asarray(to_nhwc(z["in_hr"]))
     s = z["in_hr"].shape[2] // z["out_lr"].shape[2]
     if name == "deg_srmd_util_random_aniso_x4":       # util.py: one kernel per image
         ker = classic.kernels_from_params({"theta": z["sampled_theta_rad"],
@@ -197,23 +195,23 @@ def _run_fixture(fixtures_dir, name):
         else:
             ker = classic.make_kernels(None, _official_config(cfg_json), hr.shape[0])
         out = jax.jit(classic.apply, static_argnums=2)(hr, ker, s,
-                                                        jnp.asarray(_nhwc(z["noise"])))
+                                                        jnp.asarray(to_nhwc(z["noise"])))
     else:                                            # the whole keyed, jitted pipeline
         cfg = _official_config(cfg_json)
         out = jax.jit(lambda k, x: classic.degrade_full(k, x, cfg))(
             jax.random.PRNGKey(3), hr)
-    lr_pre = _nhwc(z["lr_prequant"] if "lr_prequant" in z.files
+    lr_pre = to_nhwc(z["lr_prequant"] if "lr_prequant" in z.files
                    else z["lr_prequant_noiseless"])
-    unq_lr = lr_pre + (_nhwc(z["noise"]) if "noise" in z.files else 0)
-    quantised = {"out_lr": (out.lr, _nhwc(z["out_lr"]), unq_lr)}
+    unq_lr = lr_pre + (to_nhwc(z["noise"]) if "noise" in z.files else 0)
+    quantised = {"out_lr": (out.lr, to_nhwc(z["out_lr"]), unq_lr)}
     if "noise" not in z.files and "sig=" in cfg_json["official_call"] and \
             z["kernel"].size:                        # iso: `degrade` takes the fast path
         fast = jax.jit(lambda k, x: classic.degrade(k, x, cfg))(jax.random.PRNGKey(3), hr)
-        quantised["out_lr (separable fast path)"] = (fast, _nhwc(z["out_lr"]), unq_lr)
+        quantised["out_lr (separable fast path)"] = (fast, to_nhwc(z["out_lr"]), unq_lr)
     if "out_hr_blured" in z.files:
         up = classic.upsample_lr(out.lr_noisy, s, quantized=False)
-        unq_up = _nhwc(z["hr_blured_prequant"]) if "hr_blured_prequant" in z.files else up
-        quantised["out_hr_blured"] = (classic.quantize(up), _nhwc(z["out_hr_blured"]),
+        unq_up = to_nhwc(z["hr_blured_prequant"]) if "hr_blured_prequant" in z.files else up
+        quantised["out_hr_blured"] = (classic.quantize(up), to_nhwc(z["out_hr_blured"]),
                                       unq_up)
     _RUNS[name] = (z, out, quantised)
     return _RUNS[name]
@@ -224,15 +222,15 @@ def test_pipeline_float_outputs_match_fixture(fixtures_dir, name):
     """blurred_hr 5e-6; lr_prequant(_noiseless) 1e-6; hr_blured_prequant 1e-6."""
     z, out, _ = _run_fixture(fixtures_dir, name)
     if "blurred_hr" in z.files:
-        assert _max_err(out.blurred_hr, _nhwc(z["blurred_hr"])) <= BLUR_TOL
+        assert _max_err(out.blurred_hr, to_nhwc(z["blurred_hr"])) <= BLUR_TOL
     if "kernel" in z.files and z["kernel"].size == 0:      # sig=0: no blur at all
-        np.testing.assert_array_equal(np.asarray(out.blurred_hr), _nhwc(z["in_hr"]))
+        np.testing.assert_array_equal(np.asarray(out.blurred_hr), to_nhwc(z["in_hr"]))
     pre = z["lr_prequant"] if "lr_prequant" in z.files else z["lr_prequant_noiseless"]
-    assert _max_err(out.lr_clean, _nhwc(pre)) <= RESIZE_TOL
+    assert _max_err(out.lr_clean, to_nhwc(pre)) <= RESIZE_TOL
     if "hr_blured_prequant" in z.files:
         s = z["in_hr"].shape[2] // z["out_lr"].shape[2]
         up = classic.upsample_lr(out.lr_noisy, s, quantized=False)
-        assert _max_err(up, _nhwc(z["hr_blured_prequant"])) <= RESIZE_TOL
+        assert _max_err(up, to_nhwc(z["hr_blured_prequant"])) <= RESIZE_TOL
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_PIPELINE_FIXTURES
@@ -245,9 +243,9 @@ def test_separable_iso_fast_path_matches_fixture_lr_prequant(fixtures_dir, name)
              else np.float32([cfg_json["params"]["sig"]]))
     s = z["in_hr"].shape[2] // z["out_lr"].shape[2]
     lr = jax.jit(classic.iso_blur_downscale, static_argnums=2)(
-        jnp.asarray(_nhwc(z["in_hr"])), sigma, s)
+        jnp.asarray(to_nhwc(z["in_hr"])), sigma, s)
     pre = z["lr_prequant"] if "lr_prequant" in z.files else z["lr_prequant_noiseless"]
-    assert _max_err(lr, _nhwc(pre)) <= RESIZE_TOL
+    assert _max_err(lr, to_nhwc(pre)) <= RESIZE_TOL
 
 
 def test_separable_fast_path_equals_2d_blur_per_image():

@@ -7,13 +7,11 @@ import pytest
 
 from kdsr_jax.degradation import filters
 
+from conftest import to_nhwc
+
 # Fixture README "How to compare": 21x21 blurs 5e-6, short filters 1e-6.
 TOL_LONG = 5e-6
 TOL_SHORT = 1e-6
-
-
-def _nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +42,16 @@ def test_filter2d_matches_basicsr_filter2d_fixture(fx, name, tol, path, monkeypa
     on both implementation paths (the direct conv is used for very large jobs)."""
     if path == "direct_conv":
         monkeypatch.setattr(filters, "ROWS_MAX_BYTES", 0)
-    out = jax.jit(filters.filter2d)(jnp.asarray(_nhwc(fx["in_img"])), fx[f"kernel_{name}"])
-    err = np.abs(np.asarray(out) - _nhwc(fx[f"out_{name}"])).max()
+    out = jax.jit(filters.filter2d)(jnp.asarray(to_nhwc(fx["in_img"])), fx[f"kernel_{name}"])
+    err = np.abs(np.asarray(out) - to_nhwc(fx[f"out_{name}"])).max()
     assert err <= tol, f"{name}: max abs error {err}"
 
 
 def test_filter2d_accepts_unbatched_and_repeated_shared_kernel(fx):
     """(k, k), (1, k, k) and B identical copies give the same result (basicsr fixture)."""
-    img = jnp.asarray(_nhwc(fx["in_img"]))
+    img = jnp.asarray(to_nhwc(fx["in_img"]))
     ker = fx["kernel_shared"]
-    ref = _nhwc(fx["out_shared"])
+    ref = to_nhwc(fx["out_shared"])
     for kernels in (ker[0], ker, np.repeat(ker, img.shape[0], axis=0)):
         err = np.abs(np.asarray(filters.filter2d(img, kernels)) - ref).max()
         assert err <= TOL_LONG, f"kernel shape {kernels.shape}: {err}"

@@ -9,18 +9,15 @@ import pytest
 
 from kdsr_jax.degradation import interpolate
 
+from conftest import load_npz, to_nhwc
+
 # Fixture README, "Bicubic / blur / filter2D / USM / interpolate": max abs <= 1e-6.
 INTERP_TOL = 1e-6
 
 
 @pytest.fixture(scope="module")
 def interp_fixture(fixtures_dir):
-    z = np.load(fixtures_dir / "torch_interpolate.npz")
-    return {k: z[k] for k in z.files}
-
-
-def _nhwc(x):
-    return jnp.asarray(np.transpose(x, (0, 2, 3, 1)))
+    return load_npz(fixtures_dir / "torch_interpolate.npz")
 
 
 def _cases(fixture):
@@ -33,11 +30,11 @@ def _cases(fixture):
 
 def test_resize_matches_torch_interpolate_fixture_all_modes_within_1e6(interp_fixture):
     """torch_interpolate.npz: area/bilinear/bicubic, scale 0.37/0.5/1.3 and size (8,10)."""
-    x = _nhwc(interp_fixture["in_x"])
+    x = jnp.asarray(to_nhwc(interp_fixture["in_x"]))
     cases = list(_cases(interp_fixture))
     assert len(cases) == 12
     for key, kind, mode, arg in cases:
-        ref = np.transpose(interp_fixture[key], (0, 2, 3, 1))
+        ref = to_nhwc(interp_fixture[key])
         if kind == "scale":
             out = interpolate.resize(x, mode=mode, scale_factor=float(arg))
         else:

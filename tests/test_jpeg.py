@@ -9,6 +9,8 @@ import pytest
 
 from kdsr_jax.degradation import jpeg
 
+from conftest import load_npz, to_nhwc
+
 # Fixture README, "DiffJPEG": >= 99% of pixels within 1e-5 and max abs <= 0.05.
 JPEG_PIXEL_TOL = 1e-5
 JPEG_MIN_FRACTION = 0.99
@@ -17,16 +19,11 @@ JPEG_MAX_ABS = 0.05
 
 @pytest.fixture(scope="module")
 def jpeg_fixture(fixtures_dir):
-    z = np.load(fixtures_dir / "basicsr_diffjpeg.npz")
-    return {k: z[k] for k in z.files}
-
-
-def _nhwc(x):
-    return jnp.asarray(np.transpose(x, (0, 2, 3, 1)))
+    return load_npz(fixtures_dir / "basicsr_diffjpeg.npz")
 
 
 def _assert_jpeg_close(out, ref_nchw, name):
-    ref = np.transpose(ref_nchw, (0, 2, 3, 1))
+    ref = to_nhwc(ref_nchw)
     assert out.shape == ref.shape, name
     diff = np.abs(np.asarray(out) - ref)
     frac = float(np.mean(diff <= JPEG_PIXEL_TOL))
@@ -36,7 +33,7 @@ def _assert_jpeg_close(out, ref_nchw, name):
 
 def test_batched_per_image_quality_matches_basicsr_diffjpeg_fixture(jpeg_fixture):
     """basicsr_diffjpeg.npz out_batched, qualities [30, 60, 95] as a float32 array."""
-    out = jpeg.compress(_nhwc(jpeg_fixture["in_x"]), jnp.asarray(jpeg_fixture["quality_batched"]))
+    out = jpeg.compress(jnp.asarray(to_nhwc(jpeg_fixture["in_x"])), jnp.asarray(jpeg_fixture["quality_batched"]))
     _assert_jpeg_close(out, jpeg_fixture["out_batched"], "out_batched")
 
 
@@ -44,7 +41,7 @@ def test_differentiable_rounding_matches_basicsr_diffjpeg_fixture(jpeg_fixture):
     """basicsr_diffjpeg.npz out_batched_differentiable (round(x) + (x - round(x))**3)."""
     cfg = json.loads(str(jpeg_fixture["config_json"]))
     assert "(x-round(x))**3" in cfg["cases"]["out_batched_differentiable"]
-    out = jpeg.compress(_nhwc(jpeg_fixture["in_x"]), jnp.asarray(jpeg_fixture["quality_batched"]),
+    out = jpeg.compress(jnp.asarray(to_nhwc(jpeg_fixture["in_x"])), jnp.asarray(jpeg_fixture["quality_batched"]),
                         differentiable=True)
     _assert_jpeg_close(out, jpeg_fixture["out_batched_differentiable"],
                        "out_batched_differentiable")
@@ -54,10 +51,10 @@ def test_differentiable_rounding_matches_basicsr_diffjpeg_fixture(jpeg_fixture):
 def test_python_int_quality_and_odd_size_match_basicsr_diffjpeg_fixture(jpeg_fixture, quality):
     """basicsr_diffjpeg.npz out_qNN_int (48x64) and out_odd_qNN (37x53, padded + cropped)."""
     index = [30, 60, 95].index(quality)
-    x = _nhwc(jpeg_fixture["in_x"])[index:index + 1]
+    x = jnp.asarray(to_nhwc(jpeg_fixture["in_x"]))[index:index + 1]
     _assert_jpeg_close(jpeg.compress(x, quality), jpeg_fixture[f"out_q{quality}_int"],
                        f"out_q{quality}_int")
-    odd = jpeg.compress(_nhwc(jpeg_fixture["in_x_odd"]), quality)
+    odd = jpeg.compress(jnp.asarray(to_nhwc(jpeg_fixture["in_x_odd"])), quality)
     _assert_jpeg_close(odd, jpeg_fixture[f"out_odd_q{quality}"], f"out_odd_q{quality}")
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from kdsr_jax.degradation import sharpen
 
+from conftest import load_npz, to_nhwc
+
 # Fixture README: float32 kernels max abs <= 1e-7; "USM's 51x51 blur": 1e-5.
 KERNEL_TOL = 1e-7
 USM_TOL = 1e-5
@@ -14,12 +16,7 @@ USM_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def usm_fixture(fixtures_dir):
-    z = np.load(fixtures_dir / "basicsr_usmsharp.npz")
-    return {k: z[k] for k in z.files}
-
-
-def _nhwc(x):
-    return np.transpose(x, (0, 2, 3, 1))
+    return load_npz(fixtures_dir / "basicsr_usmsharp.npz")
 
 
 def test_kernel_matches_basicsr_usmsharp_fixture_within_1e7(usm_fixture):
@@ -40,14 +37,14 @@ def test_opencv_sigma_rule_gives_sigma_8_for_51_taps():
 @pytest.mark.parametrize("method", sharpen.METHODS)
 def test_blur_and_outputs_match_basicsr_usmsharp_fixture_within_1e5(usm_fixture, method):
     """basicsr_usmsharp.npz blur, out_default (0.5, 10), out_w1_t5 (1.0, 5) at 1e-5."""
-    x = jnp.asarray(_nhwc(usm_fixture["in_x"]))
+    x = jnp.asarray(to_nhwc(usm_fixture["in_x"]))
     blur = sharpen.blur(x, method=method)
-    np.testing.assert_allclose(np.asarray(blur), _nhwc(usm_fixture["blur"]), atol=USM_TOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(blur), to_nhwc(usm_fixture["blur"]), atol=USM_TOL, rtol=0)
     out = sharpen.usm(x, method=method)
-    np.testing.assert_allclose(np.asarray(out), _nhwc(usm_fixture["out_default"]),
+    np.testing.assert_allclose(np.asarray(out), to_nhwc(usm_fixture["out_default"]),
                                atol=USM_TOL, rtol=0)
     out = sharpen.usm(x, weight=1.0, threshold=5, method=method)
-    np.testing.assert_allclose(np.asarray(out), _nhwc(usm_fixture["out_w1_t5"]),
+    np.testing.assert_allclose(np.asarray(out), to_nhwc(usm_fixture["out_w1_t5"]),
                                atol=USM_TOL, rtol=0)
 
 
