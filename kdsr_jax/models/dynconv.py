@@ -44,6 +44,13 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
+def kernels_from_torch_order(v: jax.Array) -> jax.Array:
+    """IDR-DDC's linear output (B, 9C), torch order 9c + 3ky + kx (reference §2.1),
+    as kernels (B, 3, 3, C)."""
+    c = v.shape[-1] // (KERNEL_SIZE * KERNEL_SIZE)
+    return v.reshape(v.shape[0], c, KERNEL_SIZE, KERNEL_SIZE).transpose(0, 2, 3, 1)
+
+
 def dynamic_depthwise_conv(x: jax.Array, kernels: jax.Array, impl: str = "auto") -> jax.Array:
     """x (B, H, W, C), kernels (B, 3, 3, C) -> (B, H, W, C); zero padding 1,
     cross-correlation, one 3x3 kernel per sample and channel."""

@@ -59,7 +59,7 @@ class IDRDDC(nn.Module):
         v = dense(c, c, use_bias=False, dtype=self.dtype, name="fc1")(idr)
         v = dense(9 * c, c, use_bias=False, dtype=self.dtype, name="fc2")(lrelu(v))
         self.sow("intermediates", "kernel", v)                    # (B, 9C), torch order
-        kernels = v.reshape(v.shape[0], c, 3, 3).transpose(0, 2, 3, 1)   # (B, 3, 3, C)
+        kernels = dynconv_lib.kernels_from_torch_order(v)                # (B, 3, 3, C)
         out = dynconv_lib.dynamic_depthwise_conv(x, kernels, impl=self.impl)
         self.sow("intermediates", "dynconv", out)
         return out

@@ -28,7 +28,6 @@ explicit dynconv impls); `tests/test_packed.py` checks they agree.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +35,7 @@ import numpy as np
 from jax import lax
 
 from kdsr_jax.models import cpu_conv
+from kdsr_jax.models.dynconv import kernels_from_torch_order
 from kdsr_jax.models.layers import lrelu, mean_shift_bias, pixel_shuffle
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -135,10 +135,10 @@ def conv(e1: jax.Array, params) -> jax.Array:
 
 
 def dynamic_conv_act(e2: jax.Array, kernels: jax.Array, lay: Layout) -> jax.Array:
-    """LReLU of the per-sample depthwise 3x3 cross-correlation (kernels (B, 3, 3, C)) of
-    a halo-2 extended map, on the strips' rows plus one halo row each side (what the
-    following conv reads) and every column but the two outermost (zero columns the
-    conv restores as padding), zero outside the image: (1, rows + 2, packed_width - 2, C)."""
+    """LReLU of the per-sample depthwise 3x3 cross-correlation (kernels (B, 3, 3, C),
+    zero padding) of a halo-2 extended map, on the strips' rows plus one halo row each
+    side: a halo-1 map, zero outside the image, ready for `conv`:
+    (1, rows + 2, packed_width, C)."""
     pw = lay.packed_width
     if lay.batch > 1:    # every packed column uses the kernels of its own image
         kernels = jnp.pad(jnp.repeat(kernels, lay.strips * lay.strip_width, axis=0),
@@ -161,8 +161,7 @@ def _dense(x, params):
 
 def idr_kernels(params, idr: jax.Array) -> jax.Array:
     """IDR-DDC's kernel generator: (B, C) -> (B, 3, 3, C)."""
-    v = _dense(lrelu(_dense(idr, params["fc1"])), params["fc2"])
-    return v.reshape(v.shape[0], -1, 3, 3).transpose(0, 2, 3, 1)
+    return kernels_from_torch_order(_dense(lrelu(_dense(idr, params["fc1"])), params["fc2"]))
 
 
 def generator(params, lr: jax.Array, idr: jax.Array, n_blocks: int, stages, rgb_range):
@@ -177,10 +176,8 @@ def generator(params, lr: jax.Array, idr: jax.Array, n_blocks: int, stages, rgb_
     for i in range(n_blocks):
         block = body[f"block_{i}"]
         a = dynamic_conv_act(e, idr_kernels(block["ddc"], idr), lay)
-        y = lax.conv_general_dilated(a, block["conv"]["kernel"], (1, 1), ((0, 0), (1, 1)),
-                                     dimension_numbers=_NHWC)
-        e = extend(y + block["conv"]["bias"] + interior(e, lay, 2), lay, 2)
-    e = extend(conv(extend(interior(e, lay, 2), lay, 1), params["body_conv"]) + f0, lay, 1)
+        e = extend(conv(a, block["conv"]) + interior(e, lay, 2), lay, 2)
+    e = extend(conv(e[:, 1:-1], params["body_conv"]) + f0, lay, 1)     # halo 2 -> 1
     r = pixel_shuffle(unpack(conv(e, params["up_0"]), lay), stages[0])
     for k, factor in enumerate(stages[1:], start=1):
         r = pixel_shuffle(_plain_conv(r, params[f"up_{k}"]), factor)
@@ -211,4 +208,4 @@ def with_reference_gradient(fast, reference):
         return vjp_fn(cotangent)
 
     f.defvjp(f_fwd, f_bwd)
-    return functools.wraps(fast)(f)
+    return f
