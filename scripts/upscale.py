@@ -159,7 +159,7 @@ def run(args) -> int:
             # Keep going: name the file and its reason, then the next image.
             line = cli.error_line(exc)
             skipped.append(src)
-            print(f"error: {line if src in line else f'{src}: {line}'}", file=sys.stderr)
+            tqdm.write(f"error: {line if src in line else f'{src}: {line}'}", file=sys.stderr)
     if len(files) > 1 or skipped:
         print(f"upscaled {done} of {len(files)} image(s) into {args.output}"
               + (f"; skipped {len(skipped)} (reasons above)" if skipped else ""))
