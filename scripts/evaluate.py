@@ -100,7 +100,9 @@ def run(args) -> int:
                                                  max_images=args.max_images,
                                                  progress=bar.update,
                                                  with_bicubic=not args.no_bicubic)
-    result.update(checkpoint=os.path.abspath(args.checkpoint), protocol=args.protocol,
+    ckpt = (os.path.abspath(args.checkpoint) if os.path.exists(args.checkpoint)
+            else args.checkpoint)   # a registry name / URL stays as given
+    result.update(checkpoint=ckpt, protocol=args.protocol,
                   scale=scale, model=model.spec.to_dict(), dtype=args.dtype)
     print(f"x{scale} {args.protocol} ({'; '.join(result['degradations'][:1])}"
           f"{' ...' if len(result['degradations']) > 1 else ''}) — {result['metrics']}")
