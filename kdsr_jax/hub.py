@@ -68,6 +68,10 @@ GANV2_FILE = "1plvMt7VrOY9YLbWrpchOzi6t1wcqkzBl"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = (15, 60)           # (connect, between bytes) for requests
 _DRIVE_ID = r"[A-Za-z0-9_-]{25,}"
+# A bare id (no gdrive: prefix) only in Drive's own shapes, so that a mistyped local name
+# is never taken for one: 33 characters starting with 1 (today's ids), or 28 starting
+# with 0B (older ones).
+_BARE_DRIVE_ID = r"1[A-Za-z0-9_-]{32}|0B[A-Za-z0-9_-]{26}"
 
 
 class HubError(ValueError):
@@ -189,7 +193,7 @@ def parse(ref: str) -> Source | None:
     if m := re.fullmatch(rf"gdrive:({_DRIVE_ID})(?:/(.+))?", ref):
         return _drive_source(ref, m.group(1) if m.group(2) is None else None,
                              m.group(1) if m.group(2) else None, m.group(2))
-    if re.fullmatch(_DRIVE_ID, ref) and not os.path.exists(ref):
+    if re.fullmatch(_BARE_DRIVE_ID, ref) and not os.path.exists(ref):
         return _drive_source(ref, ref, None, None)
     if re.match(r"https?://", ref, re.IGNORECASE):
         file_id, folder_id = _drive_ids(ref)

@@ -186,6 +186,9 @@ def test_links_and_ids_are_recognised(ref, kind, location):
 def test_local_paths_are_never_taken_for_remote(tmp_path):
     assert not hub.is_remote(str(tmp_path))
     assert hub.parse("weights/KDSRsM.pth") is None
+    assert hub.parse("my_long_checkpoint_folder_name_here") is None   # not a Drive id
+    (tmp_path / "1plvMt7VrOY9YLbWrpchOzi6t1wcqkzBl").write_bytes(b"x")
+    assert not hub.is_remote(str(tmp_path / "1plvMt7VrOY9YLbWrpchOzi6t1wcqkzBl"))
 
 
 class _Gdown:
@@ -257,3 +260,23 @@ def test_drive_offline_is_a_one_line_error(cache, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "gdown", stub)
     with pytest.raises(hub.HubError, match="no network connection"):
         checkpoints.load("KDSRs-L-iso-x4")
+
+
+def test_convert_cli_takes_a_url_and_lists_models(server, cache, tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KDSR_JAX_CACHE=str(cache),
+               PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = lambda *a: subprocess.run([sys.executable, str(repo / "scripts" / "convert.py"), *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env, timeout=300)
+    r = run("--input", server.url + "/w/tiny.pth", "--output", str(tmp_path / "conv"))
+    assert r.returncode == 0, r.stderr
+    assert checkpoints.load(str(tmp_path / "conv"))[0].spec.n_feats == 8
+    r = run("--input", server.url + "/w/missing.pth", "--output", str(tmp_path / "c2"))
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: ") and "HTTP 404" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run("--list-models")
+    assert r.returncode == 0 and "KDSRs-L-iso-x4" in r.stdout
