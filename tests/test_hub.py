@@ -280,3 +280,24 @@ def test_convert_cli_takes_a_url_and_lists_models(server, cache, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = run("--list-models")
     assert r.returncode == 0 and "KDSRs-L-iso-x4" in r.stdout
+
+
+def test_ctrl_c_during_a_download_leaves_no_file(server, cache, monkeypatch):
+    """KeyboardInterrupt mid-transfer: the temporary file is removed, nothing in the
+    cache passes as complete, and the next try downloads again."""
+    import tqdm as tqdm_module
+
+    calls = []
+
+    def interrupted(self, n=1):
+        calls.append(n)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm_module.tqdm, "update", interrupted)
+    url = server.url + "/w/tiny.pth"
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.load(url)
+    assert calls and list((cache / hub.parse(url).key).iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setenv(hub.CACHE_ENV, str(cache))
+    assert checkpoints.load(url)[0].spec.n_feats == 8

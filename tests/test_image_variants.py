@@ -246,3 +246,14 @@ def test_float_tiff_is_refused_in_one_line(tmp_path):
     with pytest.raises(images.ImageError) as info:
         images.load_image(tmp_path / "f.tif")
     assert str(tmp_path / "f.tif") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_16bit_png_bytes_decode_rounded_like_files(tmp_path):
+    """decode_image_bytes (TFDS records) rounds 16-bit PNGs like load_image does."""
+    values = RNG.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    values[0, 0] = 129 + 257 * 3                      # rounds to 4, its high byte is 3
+    data = images.encode_png16(values)
+    (tmp_path / "v.png").write_bytes(data)
+    out = images.decode_image_bytes(data, "rec")
+    np.testing.assert_array_equal(out, images.load_image(tmp_path / "v.png"))
+    assert out[0, 0, 0] == 4

@@ -130,10 +130,10 @@ def _orientation(im: Image.Image, png_exif: bytes | None) -> int:
     return int(im.getexif().get(0x0112, 1) or 1)
 
 
-def _read_png16(path: str) -> np.ndarray:
-    """16-bit PNG -> uint16 (H, W, C) through pypng, C = 1 (gray), 2 (gray+alpha), 3
-    (RGB) or 4 (RGBA); a tRNS transparent colour becomes an alpha channel."""
-    reader = png.Reader(filename=path)
+def _read_png16(path: str | None, data: bytes | None = None) -> np.ndarray:
+    """16-bit PNG (a file, or its bytes) -> uint16 (H, W, C) through pypng, C = 1
+    (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA); a tRNS colour becomes an alpha channel."""
+    reader = png.Reader(filename=path) if data is None else png.Reader(bytes=data)
     width, height, rows, info = reader.asDirect()
     planes = info["planes"]
     out = np.empty((height, width * planes), np.uint16)
@@ -229,7 +229,7 @@ def _pil_to_rgba8(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray | 
     transparent colour (palette, RGB or gray PNG) becomes an alpha channel."""
     mode = im.mode
     has_trns = "transparency" in im.info
-    if mode in ("P", "1", "L", "RGB", "I;16") and has_trns:
+    if mode in ("P", "1", "L", "RGB") and has_trns:
         im = im.convert("RGBA")
     elif mode in ("P", "1", "L", "RGB"):
         im = im.convert("RGB")
@@ -443,6 +443,9 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             _refuse_multi_frame(im, name)
+            if im.format == "PNG" and data[24:25] == b"\x10":   # IHDR bit depth 16
+                rgb, _ = _split16(_orient(_read_png16(None, data), _orientation(im, None)))
+                return np.ascontiguousarray(to_uint8_from_16(rgb))
             im.load()
             if im.mode in _GRAY16_MODES:
                 gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
@@ -452,5 +455,5 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            ImageCms.PyCMSError) as exc:
+            ImageCms.PyCMSError, png.Error) as exc:
         raise ImageError(f"{name}: cannot decode image ({_one_line(exc)})") from None
