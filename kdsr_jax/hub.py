@@ -327,17 +327,18 @@ def _verify_and_place(src: Source, tmp: pathlib.Path, dest: pathlib.Path,
         raise HubError(f"{src.ref}: the download is empty")
     if _is_html(head):
         raise HubError(f"{src.ref}: got {_HTML_HINT}")
-    if src.sha256:
-        if digest is None:
-            h = hashlib.sha256()
-            with open(tmp, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK_BYTES), b""):
-                    h.update(block)
-            digest = h.hexdigest()
-        if digest != src.sha256.lower():
-            raise HubError(f"{src.ref}: sha256 {digest} does not match the registry's "
-                           f"{src.sha256} (a damaged or different file); not used")
+    if digest is None:
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    if src.sha256 and digest != src.sha256.lower():
+        raise HubError(f"{src.ref}: sha256 {digest} does not match the registry's "
+                       f"{src.sha256} (a damaged or different file); not used")
     os.replace(tmp, dest)
+    print(f"downloaded {src.ref} to {dest} ({dest.stat().st_size} bytes, sha256 {digest})",
+          file=sys.stderr)
     return dest
 
 

@@ -149,7 +149,7 @@ def test_non_finite_weights_in_a_converted_dir_are_refused(official, tmp_path):
         checkpoints.load(str(tmp_path / "c"))
 
 
-@pytest.mark.parametrize("field, value", [("n_feats", 16), ("n_blocks", 3),
+@pytest.mark.parametrize("field, value", [("kind", "teacher"), ("n_feats", 16), ("n_blocks", 3),
                                           ("n_resblocks", 2), ("scale", 2),
                                           ("rgb_range", 255.0)])
 def test_edited_model_json_is_refused_naming_the_field(official, tmp_path, field, value):

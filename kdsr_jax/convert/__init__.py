@@ -221,13 +221,17 @@ def _sizes_from_shapes(shapes, kind: str) -> dict:
         return {"d_num_feat": k[-1] if k else None}
     head = get(("params", "G", "head", "kernel"))
     c = head[-1] if head else None
+    stem = get(("params", "E", "stem", "kernel"))
+    # KD-IDE input: the student sees the LR (3 channels), the teacher LR + HR (more).
+    implied_kind = None if not stem else ("student" if stem[2] == 3 else "teacher")
     ups = _count(shapes, r"params/G/up_(\d+)/kernel")
     scale = None
     if ups == 2:
         scale = 4
     elif ups == 1 and c and get(("params", "G", "up_0", "kernel")):
         scale = {4 * c: 2, 9 * c: 3}.get(get(("params", "G", "up_0", "kernel"))[-1])
-    return {"n_feats": c, "n_blocks": _count(shapes, r"params/G/body/block_(\d+)/.*"),
+    return {"kind": implied_kind, "n_feats": c,
+            "n_blocks": _count(shapes, r"params/G/body/block_(\d+)/.*"),
             "n_resblocks": _count(shapes, r"params/E/res_(\d+)/.*"), "scale": scale}
 
 
