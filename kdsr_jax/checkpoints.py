@@ -5,7 +5,14 @@
   weights when the run keeps an EMA (GAN stages), otherwise the trained weights; only
   the SR model's variables (no optimizer, discriminator or pool);
 * a converted checkpoint directory (`kdsr_jax.convert.save_converted`);
-* an official PyTorch checkpoint file (`.pth` / `.pt`, via `kdsr_jax.convert.from_torch`).
+* an official weight file (via `kdsr_jax.convert.from_torch`): a torch.save file or a
+  `.safetensors` file, recognised by content whatever its name (`.pth`, `.pt`, `.PTH`,
+  `.ckpt`, ...);
+* a registry name of an official release (`KDSRs-M-iso-x4`, ... see `kdsr_jax.hub`), an
+  http(s) URL, or a Google Drive link / `gdrive:<id>`: downloaded once into the cache
+  (`$KDSR_JAX_CACHE`), converted once, and loaded from the cache afterwards (offline).
+
+Every load refuses NaN/inf weights, naming the key (`ConversionError`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import os
 
 import jax
 
-from kdsr_jax import models
+from kdsr_jax import convert, hub, models
+from kdsr_jax.convert.mapping import ConversionError, check_finite
 from kdsr_jax.models.spec import ModelSpec
 
 TRAIN_CHECKPOINT_DIR = "checkpoints"   # kdsr_jax.train.loop.CHECKPOINT_DIR
@@ -53,22 +61,30 @@ def load_workdir(workdir: str, step: int | None = None):
 
 
 def load(path: str):
-    """(model, variables) from a training workdir, a converted dir or an official .pth."""
+    """(model, variables) from a training workdir, a converted dir, a weight file, or a
+    registry name / URL / Google Drive link (see the module docstring). One-line
+    ValueErrors (`LoadError`, `ConversionError`, `CheckpointError`, `hub.HubError`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise LoadError(f"checkpoint not found: {path}")
+        if hub.is_remote(path):
+            return hub.load(path)
+        raise LoadError(f"checkpoint not found: {path} (nor a registry name, URL or "
+                        f"Google Drive link; `--list-models` shows the names: "
+                        f"{', '.join(hub.REGISTRY)})")
     if os.path.isdir(path):
         if is_training_workdir(path):
-            return load_workdir(path)
+            model, variables = load_workdir(path)
+            try:
+                check_finite(convert._flat_named(variables))
+            except ConversionError as e:
+                raise ConversionError(f"{path}: {e}") from None
+            return model, variables
         if os.path.isfile(os.path.join(path, MODEL_JSON)):
-            from kdsr_jax import convert
-
             return convert.load_converted(path)
         raise LoadError(f"{path}: not a training workdir (no {TRAIN_CHECKPOINT_DIR}/ and "
                         f"{MODEL_JSON}) nor a converted checkpoint (no {MODEL_JSON})")
-    if path.endswith((".pth", ".pt")):
-        from kdsr_jax import convert
-
+    if convert.is_weight_file(path):
         return convert.from_torch(path)
     raise LoadError(f"{path}: expected a training workdir, a converted checkpoint directory "
-                    "or an official PyTorch .pth/.pt file")
+                    "or a weight file (torch.save .pth/.pt/.ckpt or .safetensors); this "
+                    "file is neither (checked by content)")

@@ -7,8 +7,11 @@
     python scripts/convert.py --to-torch --input converted/KDSRsM_x4 --output KDSRsM_x4.pth
 
 Flags:
-  --input PATH       source: a .pth/.pt file (default mode) or a converted directory
-                     (with --to-torch).
+  --input SOURCE     source: a weight file (.pth/.pt/.ckpt/.safetensors, read by
+                     content), a registry name (--list-models), an http(s) URL or a
+                     Google Drive link / gdrive:<id> (downloaded into the cache first);
+                     with --to-torch: a converted directory.
+  --list-models      list the official models --input accepts by name, and exit.
   --output PATH      destination: a directory (default mode) or a .pth file (--to-torch).
   --to-torch         export a converted directory back to the official .pth layout.
   --overwrite        replace an existing converted directory's weights.
@@ -24,6 +27,7 @@ The logic lives in `kdsr_jax.convert`; this file only parses flags.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kdsr_jax import cli
@@ -32,10 +36,13 @@ from kdsr_jax import cli
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Convert official KDSR PyTorch checkpoints to kdsr-jax and back.")
-    p.add_argument("--input", required=True,
-                   help="a .pth/.pt file, or a converted directory with --to-torch")
-    p.add_argument("--output", required=True,
+    p.add_argument("--input",
+                   help="a weight file, registry name, URL or Drive link; or a converted "
+                        "directory with --to-torch")
+    p.add_argument("--output",
                    help="a directory to create, or a .pth path with --to-torch")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the official models --input accepts by name, and exit")
     p.add_argument("--to-torch", action="store_true",
                    help="export a converted directory to an official-layout .pth")
     p.add_argument("--overwrite", action="store_true",
@@ -44,11 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dynamic-conv formulation recorded in model.json (default: auto)")
     p.add_argument("--no-d-skip", action="store_true",
                    help="discriminator trained with skip_connection=False")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.list_models and not (args.input and args.output):
+        p.error("the following arguments are required: --input, --output")
+    return args
 
 
 def run(args: argparse.Namespace) -> str:
-    from kdsr_jax import convert
+    from kdsr_jax import convert, hub
     from kdsr_jax.convert.mapping import describe
 
     if args.to_torch:
@@ -58,7 +68,10 @@ def run(args: argparse.Namespace) -> str:
     overrides = {"dynconv": args.dynconv}
     if args.no_d_skip:
         overrides["d_skip_connection"] = False
-    model, variables = convert.from_torch(args.input, **overrides)
+    source = args.input
+    if not os.path.exists(source) and hub.is_remote(source):
+        source = hub.fetch(source)   # downloaded (or cached) weight file
+    model, variables = convert.from_torch(source, **overrides)
     if args.no_d_skip and model.spec.kind != "discriminator":
         raise ValueError("--no-d-skip applies only to discriminator checkpoints")
     convert.save_converted(args.output, model.spec, variables, overwrite=args.overwrite)
@@ -67,6 +80,11 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list_models:
+        from kdsr_jax import hub
+
+        print(hub.list_models())
+        return 0
     return cli.run_cli(lambda: print(run(args)))
 
 

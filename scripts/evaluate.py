@@ -2,7 +2,7 @@
 """Benchmark a KDSR student (or a teacher, given the HR) with the paper's protocols
 (reference/EVALUATION.md; implementation in kdsr_jax/evaluate/protocol.py).
 
-  python scripts/evaluate.py --checkpoint KDSRsM_iso_x4.pt --data benchmark/ \
+  python scripts/evaluate.py --checkpoint KDSRs-M-iso-x4 --data benchmark/ \
       --protocol iso --datasets Set5,Set14 --output results/iso
   python scripts/evaluate.py --checkpoint WORKDIR --data benchmark/ --protocol aniso \
       --lambda1 3.5 --lambda2 1.5 --theta 30 --noise 10 --datasets Set14
@@ -26,8 +26,12 @@ from kdsr_jax import cli  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True,
-                   help="training workdir, converted dir, or official .pth/.pt")
+    p.add_argument("--checkpoint",
+                   help="a registry name (see --list-models), an http(s) URL, a Google "
+                        "Drive link or gdrive:<id>, a training workdir, a converted dir, "
+                        "or a weight file (.pth/.pt/.ckpt/.safetensors)")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the official models --checkpoint accepts by name, and exit")
     p.add_argument("--protocol", choices=("iso", "aniso", "paired"), default="iso")
     p.add_argument("--data", help="root with <name>/HR/*.png folders (iso/aniso)")
     p.add_argument("--datasets", default="",
@@ -47,7 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=0, help="first N images per dataset")
     p.add_argument("--no-bicubic", action="store_true", help="skip the Bicubic row")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.list_models and not args.checkpoint:
+        p.error("the following arguments are required: --checkpoint")
+    return args
 
 
 def run(args) -> int:
@@ -93,7 +100,9 @@ def run(args) -> int:
                                                  max_images=args.max_images,
                                                  progress=bar.update,
                                                  with_bicubic=not args.no_bicubic)
-    result.update(checkpoint=os.path.abspath(args.checkpoint), protocol=args.protocol,
+    ckpt = (os.path.abspath(args.checkpoint) if os.path.exists(args.checkpoint)
+            else args.checkpoint)   # a registry name / URL stays as given
+    result.update(checkpoint=ckpt, protocol=args.protocol,
                   scale=scale, model=model.spec.to_dict(), dtype=args.dtype)
     print(f"x{scale} {args.protocol} ({'; '.join(result['degradations'][:1])}"
           f"{' ...' if len(result['degradations']) > 1 else ''}) — {result['metrics']}")
@@ -105,7 +114,13 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.run_cli(run, parse_args(argv))
+    args = parse_args(argv)
+    if args.list_models:
+        from kdsr_jax import hub
+
+        print(hub.list_models())
+        return 0
+    return cli.run_cli(run, args)
 
 
 if __name__ == "__main__":

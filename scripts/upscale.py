@@ -3,7 +3,9 @@
 the image itself). Tiled inference from kdsr_jax/evaluate/tiling.py: the IDR is computed
 once for the whole image, then the generator runs per tile.
 
+  python scripts/upscale.py --checkpoint KDSR-GANV2-x4 -i photo.jpg -o out/
   python scripts/upscale.py --checkpoint KDSRsM_iso_x4.pt -i photo.jpg -o out/
+  python scripts/upscale.py --list-models
   python scripts/upscale.py --checkpoint WORKDIR -i folder/ -o out/ --tile 256 --tile-pad 16
 
 * png / jpg / webp (and bmp / tif) in, PNG out (`<OUTDIR>/<name>.png`), written
@@ -17,7 +19,9 @@ once for the whole image, then the generator runs per tile.
   `tiling.auto_tile_size`); --tile-pad P: context on each tile side. With
   P >= 2 * n_blocks + 4 (the generator's receptive radius) tiling is exact.
 Errors (missing/corrupt input, empty folder, teacher checkpoint, unwritable output)
-print one `error: ...` line each; the exit status is non-zero if anything failed.
+print one `error: ...` line each. Over a folder, an image that cannot be read or
+upscaled is named with its reason and skipped, the rest are written, and a last line
+says how many were skipped; the exit status is 0 while any image was upscaled.
 """
 
 from __future__ import annotations
@@ -36,16 +40,26 @@ from kdsr_jax import cli  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True,
-                   help="training workdir, converted dir, or official .pth/.pt (student)")
-    p.add_argument("-i", "--input", required=True, help="image file or folder")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--checkpoint",
+                   help="student weights: a registry name (see --list-models), an http(s) "
+                        "URL, a Google Drive link or gdrive:<id>, a training workdir, a "
+                        "converted dir, or a weight file (.pth/.pt/.ckpt/.safetensors)")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the official models --checkpoint accepts by name, and exit")
+    p.add_argument("-i", "--input", help="image file or folder")
+    p.add_argument("-o", "--output", help="output folder")
     p.add_argument("--tile", type=int, default=None,
                    help="LR tile side in px (0: no tiling; default: automatic)")
     p.add_argument("--tile-pad", type=int, default=16, help="context px per tile side")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.list_models:
+        missing = [f for f, v in (("--checkpoint", args.checkpoint), ("-i/--input", args.input),
+                                  ("-o/--output", args.output)) if not v]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def _quantizer(bits: int):
@@ -133,21 +147,33 @@ def run(args) -> int:
     dtype = jnp.dtype(args.dtype)
     runner = tiling.Runner(model, variables, dtype)
     tile = tiling.auto_tile_size(model.spec, dtype) if args.tile is None else args.tile
-    failed = 0
+    done, skipped = 0, []
     for src in tqdm(files, desc="upscale", unit="img", file=sys.stderr,
                     disable=len(files) < 2):
         stem = os.path.splitext(os.path.basename(src))[0]
         dst = os.path.join(args.output, f"{stem}{args.suffix}.png")
         try:
             upscale_file(runner, src, dst, tile, args.tile_pad)
+            done += 1
         except (ValueError, OSError) as exc:
-            failed += 1
-            cli.print_error(exc)
-    return 1 if failed else 0
+            # Keep going: name the file and its reason, then the next image.
+            line = cli.error_line(exc)
+            skipped.append(src)
+            tqdm.write(f"error: {line if src in line else f'{src}: {line}'}", file=sys.stderr)
+    if len(files) > 1 or skipped:
+        print(f"upscaled {done} of {len(files)} image(s) into {args.output}"
+              + (f"; skipped {len(skipped)} (reasons above)" if skipped else ""))
+    return 0 if done else 1
 
 
 def main(argv=None) -> int:
-    return cli.run_cli(run, parse_args(argv))
+    args = parse_args(argv)
+    if args.list_models:
+        from kdsr_jax import hub
+
+        print(hub.list_models())
+        return 0
+    return cli.run_cli(run, args)
 
 
 if __name__ == "__main__":

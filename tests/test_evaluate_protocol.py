@@ -145,3 +145,57 @@ def test_bad_arguments_give_one_line_errors(tiny, data_root, capsys, argv, msg):
     assert evaluate_script.main(base + argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(msg) and "\n" not in err
+
+
+def test_unusable_images_are_skipped_with_reasons_and_the_rest_scored(tiny, data_root,
+                                                                      tmp_path, capsys):
+    """A 12x13 HR (4x4 after the x4 crop and shave: smaller than the SSIM window) and a
+    truncated file in Set5: named with their reasons, the other images scored exactly as
+    without them, the table says how many were skipped, exit status 0."""
+    import shutil
+    ckpt, _, _ = tiny
+    root = tmp_path / "bench"
+    shutil.copytree(data_root, root)
+    Image.fromarray(skimage.data.coffee()[:12, :13]).save(root / "Set5" / "HR" / "small.png")
+    good = (root / "Set5" / "HR" / "coffee.png").read_bytes()
+    (root / "Set5" / "HR" / "broken.png").write_bytes(good[:300])
+    base = ["--checkpoint", ckpt, "--protocol", "iso"]
+    assert evaluate_script.main(base + ["--data", str(data_root),
+                                        "--output", str(tmp_path / "clean")]) == 0
+    capsys.readouterr()
+    assert evaluate_script.main(base + ["--data", str(root),
+                                        "--output", str(tmp_path / "dirty")]) == 0
+    text = capsys.readouterr().out
+    assert "2 image(s) skipped" in text
+    assert "Set5/small.png: image (4, 4) smaller than the 11x11 SSIM window" in text
+    assert "Set5/broken.png: truncated PNG" in text
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    dirty = json.loads((tmp_path / "dirty.json").read_text())
+    assert dirty["rows"] == clean["rows"]                 # same means over the same images
+    assert dirty["per_image"] == clean["per_image"]
+    assert {r["image"] for r in dirty["skipped"]} == {"small.png", "broken.png"}
+
+
+def test_paired_skips_a_pair_whose_gt_is_too_small(tiny, tmp_path, capsys):
+    ckpt, _, _ = tiny
+    lr_dir, gt_dir = tmp_path / "lr", tmp_path / "gt"
+    lr_dir.mkdir()
+    gt_dir.mkdir()
+    gt = skimage.data.coffee()[:80, :88]
+    Image.fromarray(gt[::4, ::4]).save(lr_dir / "0001.png")
+    Image.fromarray(gt).save(gt_dir / "0001.png")
+    Image.fromarray(gt[::4, ::4]).save(lr_dir / "0002.png")
+    Image.fromarray(gt[:40, :40]).save(gt_dir / "0002.png")
+    assert evaluate_script.main(["--checkpoint", ckpt, "--protocol", "paired",
+                                 "--lr", str(lr_dir), "--gt", str(gt_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "1 image(s) skipped" in text and "paired/0002.png: GT" in text
+
+
+def test_nothing_scorable_is_a_one_line_error(tiny, tmp_path, capsys):
+    ckpt, _, _ = tiny
+    (tmp_path / "D" / "HR").mkdir(parents=True)
+    Image.fromarray(skimage.data.coffee()[:12, :13]).save(tmp_path / "D" / "HR" / "s.png")
+    assert evaluate_script.main(["--checkpoint", ckpt, "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]   # after the progress bar
+    assert err.startswith("error: no image could be scored") and "s.png" in err

@@ -404,3 +404,48 @@ def test_big_endian_checkpoint_error(tmp_path):
     p = tmp_path / "be.pth"
     _zip_with_pickle(p, pickle.dumps({}, protocol=2), {"byteorder": b"big"})
     assert "big-endian" in _one_line_error(p)
+
+
+# ------------------------------------------------------------------ hostile sizes
+
+
+def test_stride_zero_huge_tensor_is_refused_before_allocating(tmp_path):
+    """A 4-element storage viewed as 10^6 x 10^6 floats through stride 0 would need 4 TB:
+    refused from the declared sizes, nothing allocated (the test itself would die)."""
+    path = tmp_path / "stride0.pth"
+    _zip_with_pickle(path, _tensor_pickle(4, (1000000, 1000000), (0, 0)),
+                     {"data/0": np.zeros(4, "<f4").tobytes()})
+    assert "refusing to allocate" in _one_line_error(path)
+    # A modest stride-0 view (64 KB) stays allowed: expanded tensors exist in the wild.
+    _zip_with_pickle(path, _tensor_pickle(4, (128, 128), (0, 1), offset=0),
+                     {"data/0": np.zeros(4, "<f4").tobytes()})
+    with pytest.raises(CheckpointError, match="reads past the end"):
+        load_pth(path)   # stride (0, 1) over 128 columns needs 128 elements
+    _zip_with_pickle(path, _tensor_pickle(4, (4096, 4), (0, 1)),
+                     {"data/0": np.arange(4, dtype="<f4").tobytes()})
+    assert load_pth(path).shape == (4096, 4)
+
+
+def test_zip_bomb_storage_is_refused_from_its_declared_size(tmp_path, monkeypatch):
+    """A deflated storage record that inflates 1000x is refused before it is inflated."""
+    from kdsr_jax.convert import torch_io
+
+    path = tmp_path / "bomb.pth"
+    numel = 4 << 20                          # 16 MiB of zeros deflate to ~16 KB
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", _tensor_pickle(numel, (numel,), (1,)))
+        zf.writestr("archive/data/0", np.zeros(numel, "<f4").tobytes(),
+                    compress_type=zipfile.ZIP_DEFLATED)
+    calls = []
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, *a: calls.append(name) or real_read(self, name, *a))
+    msg = _one_line_error(path)
+    assert "zip bomb" in msg and "data/0" in msg
+    assert "archive/data/0" not in calls                        # never inflated
+    # Over the total cap: refused from the declared size alone.
+    monkeypatch.setattr(torch_io, "MAX_TOTAL_BYTES", 1 << 20)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", _tensor_pickle(numel, (numel,), (1,)))
+        zf.writestr("archive/data/0", np.zeros(numel, "<f4").tobytes())
+    assert "cap" in _one_line_error(path)

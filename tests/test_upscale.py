@@ -151,3 +151,52 @@ def test_cli_runs_as_a_program(tmp_path, student_ckpt):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip() == f"error: input not found: {tmp_path / 'missing.png'}"
+
+
+def test_folder_keeps_going_past_bad_images_and_keeps_every_kind_of_alpha(
+        tmp_path, student_ckpt, capsys):
+    """A truncated file and an animated PNG are named with their reason and skipped; the
+    rest are written (exit 0); alpha from a tRNS colour and a palette survives."""
+    ckpt, _, _ = student_ckpt
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = _photo(24, 28)
+    rgb[:4, :4] = (1, 2, 3)
+    Image.fromarray(rgb).save(src / "a_trns.png", transparency=(1, 2, 3))
+    pal = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
+    pal.save(src / "b_pal.png", transparency=0)
+    good = (src / "a_trns.png").read_bytes()
+    (src / "c_cut.png").write_bytes(good[:len(good) // 2])
+    frames = [Image.fromarray(rgb), Image.fromarray(rgb[::-1].copy())]
+    frames[0].save(src / "d_anim.png", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    assert upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out),
+                         "--tile", "0"]) == 0
+    cap = capsys.readouterr()
+    errors = [l[l.index("error: "):] for l in cap.err.splitlines() if "error: " in l]
+    assert len(errors) == 2
+    assert str(src / "c_cut.png") in errors[0] and "truncated" in errors[0]
+    assert str(src / "d_anim.png") in errors[1] and "animated PNG with 2 frames" in errors[1]
+    assert "upscaled 2 of 4 image(s)" in cap.out and "skipped 2" in cap.out
+    assert sorted(os.listdir(out)) == ["a_trns.png", "b_pal.png"]
+    _, a, _ = images.load_image_full(out / "a_trns.png")
+    assert a is not None and a[:8, :8].max() < 0.5 and a[-8:, -8:].min() == 1.0
+    _, a, _ = images.load_image_full(out / "b_pal.png")
+    index = np.asarray(pal)
+    assert a is not None and a.shape == (96, 112) and (a < 1).any() == (index == 0).any()
+
+
+def test_folder_where_nothing_can_be_upscaled_exits_non_zero(tmp_path, student_ckpt, capsys):
+    ckpt, _, _ = student_ckpt
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.png").write_bytes(b"not a png")
+    (src / "y.jpg").write_bytes(b"")
+    assert upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(tmp_path / "o")]) == 1
+    cap = capsys.readouterr()
+    assert "upscaled 0 of 2" in cap.out and cap.err.count("error: ") == 2
+
+
+def test_list_models_needs_no_other_flag(capsys):
+    assert upscale.main(["--list-models"]) == 0
+    assert "KDSR-GANV2-x4" in capsys.readouterr().out

@@ -32,6 +32,11 @@ MEANSHIFT_KEYS = ("G.sub_mean.weight", "G.sub_mean.bias", "G.add_mean.weight", "
 MEANSHIFT_ATOL = 1e-6
 SN_CONVS = tuple(f"conv{i}" for i in range(1, 9))   # spectral-normed D convs (§7.4)
 _MAX_LISTED = 6
+# Keys that hold a state dict one level down, in order of preference (EMA first).
+NESTED_KEYS = ("params_ema", "ema", "state_dict_ema", "state_dict", "model", "net", "net_g",
+               "generator", "params")
+# Key prefixes shared by every key of a wrapped model (e.g. Lightning's `model.`).
+WRAPPER_PREFIXES = ("model.", "net_g.", "net.", "generator.")
 
 
 class ConversionError(ValueError):
@@ -148,13 +153,22 @@ def _is_array(v) -> bool:
     return isinstance(v, np.ndarray)
 
 
+def _is_state_dict(v) -> bool:
+    return isinstance(v, Mapping) and bool(v) and all(_is_array(x) for x in v.values())
+
+
 def unwrap(obj: Any) -> tuple[dict[str, np.ndarray], str]:
     """The flat state dict inside a loaded checkpoint and its setting.
 
     * flat dict of arrays -> classic (reference §8.1);
     * {'params', 'params_ema'} -> GAN, uses `params_ema` like the official ymls
-      (`params` is the raw, non-EMA generator); {'params'} alone -> GAN / discriminator.
-    A leading `module.` (DataParallel) is stripped from every key.
+      (`params` is the raw, non-EMA generator); {'params'} alone -> GAN / discriminator;
+    * a state dict one level down under one of `NESTED_KEYS` ('state_dict', 'model',
+      'net', ...: what Lightning, BasicSR-style and hand-written trainers save next to
+      their optimizer state) is read from there; other layouts are refused naming the
+      keys that do hold state dicts.
+    A leading `module.` (DataParallel) is stripped from every key, and a prefix shared
+    by every key that names the wrapper (`model.`, `net.`, `net_g.`) as well.
     """
     if not isinstance(obj, Mapping) or not obj:
         raise ConversionError(f"not a state dict (got {type(obj).__name__})")
@@ -163,18 +177,40 @@ def unwrap(obj: Any) -> tuple[dict[str, np.ndarray], str]:
     elif set(obj) <= {PARAM_KEY, PARAM_KEY_EMA}:
         key = PARAM_KEY_EMA if PARAM_KEY_EMA in obj else PARAM_KEY
         sd, setting = obj[key], "gan"
-        if not isinstance(sd, Mapping) or not all(_is_array(v) for v in sd.values()):
+        if not _is_state_dict(sd):
             raise ConversionError(f"checkpoint entry {key!r} is not a state dict of tensors")
     else:
+        nested = [k for k in NESTED_KEYS if k in obj and (
+            _is_state_dict(obj[k]) or (isinstance(obj[k], Mapping)
+                                       and set(obj[k]) <= {PARAM_KEY, PARAM_KEY_EMA}
+                                       and set(obj[k])))]
+        if nested:
+            # The first of NESTED_KEYS present wins: EMA weights before raw ones.
+            try:
+                sd, setting = unwrap(obj[nested[0]])
+            except ConversionError as e:
+                raise ConversionError(f"under key {nested[0]!r}: {e}") from None
+            return sd, ("gan" if nested[0] in (PARAM_KEY, PARAM_KEY_EMA) else setting)
+        holders = sorted(str(k) for k, v in obj.items() if _is_state_dict(v))
         bad = sorted(str(k) for k, v in obj.items() if not _is_array(v))
+        if holders:
+            raise ConversionError(
+                f"unsupported checkpoint layout: state dicts under {holders[:_MAX_LISTED]} "
+                f"(not one of {list(NESTED_KEYS)}); save the generator's alone, e.g. "
+                f"torch.save(torch.load(f)[{holders[0]!r}], 'weights.pth')")
         raise ConversionError(
-            "unsupported checkpoint layout: expected a flat state dict or "
-            f"{{'params', 'params_ema'}}, found non-tensor entries {bad[:_MAX_LISTED]}")
+            "unsupported checkpoint layout: expected a flat state dict, "
+            f"{{'params', 'params_ema'}} or one under {list(NESTED_KEYS)}; found "
+            f"non-tensor entries {bad[:_MAX_LISTED]}")
     out = collections.OrderedDict()
     for k, v in sd.items():
         k = str(k)
         k = k[len("module."):] if k.startswith("module.") else k
         out[k] = v
+    for prefix in WRAPPER_PREFIXES:
+        if out and all(k.startswith(prefix) for k in out):
+            out = collections.OrderedDict((k[len(prefix):], v) for k, v in out.items())
+            break
     return out, setting
 
 
@@ -222,12 +258,25 @@ def infer_spec(sd: Mapping[str, np.ndarray], setting: str, **overrides) -> Model
     return spec.replace(**overrides)
 
 
+def stored_eps(v) -> float:
+    """Machine epsilon of the dtype a tensor was stored in (fp16, bf16, fp32, fp64):
+    the relative precision its values can carry."""
+    dt = np.asarray(v).dtype
+    if dt.name == "bfloat16":
+        return 2.0 ** -7
+    return float(np.finfo(dt).eps) if np.issubdtype(dt, np.floating) else 0.0
+
+
 def _infer_rgb_range(sd) -> float:
+    """rgb_range from `G.sub_mean.bias` = -rgb_range * RGB_MEAN. An integer range (1,
+    255) is recognised within the precision of the stored dtype, so a `.half()` or bf16
+    file gives exactly 1.0, not 0.999845."""
     b = sd.get("G.sub_mean.bias")
     if b is None or np.shape(b) != (3,):
         return 1.0   # reported as missing / mis-shaped by the strict check
     r = float(-np.asarray(b, np.float64)[0] / RGB_MEAN[0])
-    return float(round(r)) if abs(r - round(r)) < 1e-4 and round(r) > 0 else r
+    tol = max(1e-4, 2.0 * stored_eps(b))
+    return float(round(r)) if round(r) > 0 and abs(r - round(r)) <= tol * max(1.0, abs(r)) else r
 
 
 def _listing(items: list[str]) -> str:
@@ -256,14 +305,26 @@ def check_keys(sd: Mapping[str, np.ndarray], spec: ModelSpec) -> None:
     for k, v in sd.items():
         if not np.issubdtype(np.asarray(v).dtype, np.floating) and v.dtype.name != "bfloat16":
             raise ConversionError(f"{k} has dtype {v.dtype}; expected floating point")
+    check_finite(sd)
     if spec.kind != "discriminator":
+        # Tolerance: the official constants rounded to the stored dtype (fp16, bf16 ...).
         ref = meanshift_state(spec)
         bad = [k for k in MEANSHIFT_KEYS
                if not np.allclose(np.asarray(sd[k], np.float64), ref[k], rtol=0,
-                                  atol=MEANSHIFT_ATOL * max(1.0, spec.rgb_range))]
+                                  atol=max(MEANSHIFT_ATOL, stored_eps(sd[k]))
+                                  * max(1.0, spec.rgb_range))]
         if bad:
             raise ConversionError(f"MeanShift constants differ from the official values "
                                   f"(rgb_range={spec.rgb_range:g}): {_listing(bad)}")
+
+
+def check_finite(tensors: Mapping[str, Any]) -> None:
+    """ConversionError naming the first keys that hold NaN or inf (weights that would
+    silently upscale to a black image)."""
+    bad = [str(k) for k, v in tensors.items()
+           if not np.all(np.isfinite(np.asarray(v, np.float32)))]
+    if bad:
+        raise ConversionError(f"non-finite weights (NaN or inf) in {_listing(bad)}")
 
 
 def describe(spec: ModelSpec) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import math
 import os
 import pathlib
 import pickle
@@ -83,6 +84,14 @@ if _BFLOAT16 is not None:
 # Legacy (torch < 1.6 / _use_new_zipfile_serialization=False) files start with a
 # protocol-2 pickle of this magic number.
 _LEGACY_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+# Sanity caps checked BEFORE anything is allocated (issue: a tiny file declaring a huge
+# tensor through stride 0, or a zip bomb of a storage record). The largest official KDSR
+# file (KDSRs-L / KDSR-GAN) is about 30 MB; these leave ample room for any real model.
+MAX_PICKLE_BYTES = 64 << 20          # data.pkl itself (a state dict's pickle is KBs)
+MAX_TOTAL_BYTES = 4 << 30            # all storages + tensors materialised from one file
+MAX_COMPRESSION_RATIO = 200          # deflated records: declared size / stored size
+_RATIO_FREE_BYTES = 1 << 20          # records up to 1 MiB are never a bomb worth checking
 
 _ALIGNMENT = 64  # torch's .storage_alignment: storage data starts at multiples of 64
 _ZIP_LOCAL_HEADER = 30  # fixed part of a zip local file header
@@ -139,6 +148,15 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
             f"tensor of size {size}, stride {stride}, offset {offset} reads past the end "
             f"of its storage ({storage.shape[0]} elements)")
     item = storage.dtype.itemsize
+    nbytes = math.prod(size) * item
+    if nbytes > MAX_TOTAL_BYTES or (math.prod(size) > storage.shape[0]
+                                    and nbytes > _RATIO_FREE_BYTES):
+        # Only overlapping (stride-0) views hold more elements than their storage; a
+        # state dict never needs one big enough to matter, so refuse before copying.
+        raise CheckpointError(
+            f"tensor of size {size} ({nbytes} bytes) is larger than its storage "
+            f"({storage.shape[0]} elements) or the {MAX_TOTAL_BYTES >> 30} GiB cap; "
+            "refusing to allocate it")
     view = np.lib.stride_tricks.as_strided(
         storage[offset:], shape=size, strides=tuple(st * item for st in stride), writeable=False)
     return np.array(view, dtype=storage.dtype, order="C", copy=True)
@@ -166,8 +184,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file)
         self._read_storage = read_storage
         self._storages: dict[str, np.ndarray] = {}
+        self._tensor_budget = MAX_TOTAL_BYTES   # bytes all rebuilt tensors may take
+
+    def _rebuild_tensor(self, storage, storage_offset, size, *args):
+        """`_rebuild_tensor_v2`, counting the copies against one budget per file (many
+        small stride-0 views must not add up to gigabytes either)."""
+        try:
+            nbytes = math.prod(int(n) for n in size) * getattr(storage, "itemsize", 1)
+        except (TypeError, ValueError):
+            raise CheckpointError("data.pkl has a tensor with a malformed size") from None
+        self._tensor_budget -= max(0, nbytes)
+        if self._tensor_budget < 0:
+            raise CheckpointError(
+                f"the tensors of this file add up to more than {MAX_TOTAL_BYTES >> 30} GiB; "
+                "refusing to allocate them")
+        return _rebuild_tensor_v2(storage, storage_offset, size, *args)
 
     def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self._rebuild_tensor
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -184,9 +219,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"unsupported persistent id in data.pkl: {pid!r:.80}")
         _, stype, key, _location, numel = pid
         if key not in self._storages:
-            raw = self._read_storage(key)
             nbytes = numel * stype.dtype.itemsize
-            if numel < 0 or len(raw) < nbytes:
+            if numel < 0:
+                raise CheckpointError(f"storage {key} declares {numel} elements")
+            raw = self._read_storage(key, nbytes)
+            if len(raw) < nbytes:
                 raise CheckpointError(
                     f"storage {key} holds {len(raw)} bytes, expected {nbytes} "
                     f"({numel} x {stype.dtype})")
@@ -290,13 +327,36 @@ def _load_from_zip(zf: zipfile.ZipFile, path: pathlib.Path):
                 f"{path} was saved on a {order}-endian machine; only little-endian "
                 "checkpoints are supported")
 
-    def read_storage(key: str) -> bytes:
+    budget = [MAX_TOTAL_BYTES]
+
+    def read_record(name: str) -> bytes:
+        """zf.read(name) after checking the declared sizes (no bomb is inflated)."""
+        info = zf.getinfo(name)
+        if info.file_size > budget[0]:
+            raise CheckpointError(
+                f"{path}: record {name} declares {info.file_size} bytes, over the "
+                f"{MAX_TOTAL_BYTES >> 30} GiB cap for one checkpoint; refusing to read it")
+        if (info.compress_type != zipfile.ZIP_STORED and info.file_size > _RATIO_FREE_BYTES
+                and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size)):
+            raise CheckpointError(
+                f"{path}: record {name} inflates {info.compress_size} bytes to "
+                f"{info.file_size} (a zip bomb?); refusing to read it")
+        budget[0] -= info.file_size
+        return zf.read(name)
+
+    def read_storage(key: str, nbytes: int) -> bytes:
         name = f"{prefix}data/{key}"
         if name not in names_set:
             raise CheckpointError(f"{path} is missing the storage record {name}")
-        return zf.read(name)
+        declared = zf.getinfo(name).file_size
+        if declared < nbytes:
+            raise CheckpointError(f"storage {key} holds {declared} bytes, expected {nbytes}")
+        return read_record(name)
 
-    data = zf.read(pkls[0])
+    if zf.getinfo(pkls[0]).file_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{path}: data.pkl declares {zf.getinfo(pkls[0]).file_size} "
+                              f"bytes, over the {MAX_PICKLE_BYTES >> 20} MiB cap")
+    data = read_record(pkls[0])
     obj = _RestrictedUnpickler(io.BytesIO(data), read_storage).load()
     return _finalise(obj)
 

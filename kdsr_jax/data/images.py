@@ -1,23 +1,32 @@
 """Image file input/output for HR training sources and the upscaler.
 
 Reference: TRAINING.md §1.1 (classic data: uint8 RGB, grayscale replicated to 3 channels)
-and §2.1 (GAN data: images read as 3-channel colour, alpha ignored). All decoding goes
-through Pillow; this module adds what Pillow does not do on its own:
+and §2.1 (GAN data: images read as 3-channel colour, alpha ignored). Decoding goes
+through well-kept libraries: Pillow for 8-bit images, `pypng` for 16-bit PNGs and
+`tifffile` (a scikit-image dependency) for 16-bit TIFFs, which Pillow would cut to 8 bits.
 
-* 16-bit RGB / RGBA / gray+alpha PNGs (and raw 16-bit RGB TIFFs) are read at full
-  precision. Pillow stores these in 8-bit modes by keeping only the high byte; we
-  decode the file a second time with the byte order of the raw mode swapped, which
-  yields the low bytes through Pillow's own (C) PNG unfiltering, and recombine.
-* 16-bit -> 8-bit conversion rounds to nearest (``round(v / 257)``), not truncation.
-* Truncated files are errors: Pillow's ``LOAD_TRUNCATED_IMAGES`` is never turned on
-  here, and PNGs are additionally checked for a complete chunk sequence ending in IEND
-  (Pillow accepts a PNG whose last IDAT bytes / IEND are cut off).
-* EXIF orientation is applied (cameras store JPEGs rotated with an orientation tag).
+Every file is read as an image viewer shows it, or refused with a one-line `ImageError`
+naming the file and the reason:
+
+* transparency in every PNG form: RGBA / gray+alpha, a palette with tRNS, and the tRNS
+  single transparent colour of RGB and gray PNGs (alpha 0 where the colour matches), in
+  8 and 16 bits; WebP / TIFF alpha likewise;
+* every PNG bit depth and colour type (1/2/4-bit gray and palette, 8- and 16-bit
+  gray/RGB with or without alpha), interlaced (Adam7) or not;
+* an embedded ICC profile is applied (8-bit images are converted to sRGB with LittleCMS
+  through `PIL.ImageCms`, as colour-managed viewers do); 16-bit images keep their values;
+* CMYK and YCCK JPEGs (and Adobe's inverted CMYK) become RGB, through their ICC profile
+  when they carry one;
+* EXIF orientation is applied (JPEG, PNG eXIf, WebP, TIFF);
+* 16-bit -> 8-bit rounds to nearest (``round(v / 257)``), not truncation;
+* truncated files are errors: Pillow's ``LOAD_TRUNCATED_IMAGES`` is never turned on
+  here, and PNGs are additionally checked for a complete chunk sequence ending in IEND;
+* multi-frame files (animated GIF / PNG / WebP, multi-page TIFF) are refused: which
+  frame a user means cannot be guessed, and silently taking the first loses the rest.
 
 Alpha: `load_image` DROPS the alpha channel and keeps the stored colour values (what
 OpenCV's IMREAD_COLOR does on the GAN side, §2.1); it does not composite on a
-background. Palette images with transparency are expanded to RGBA first, so their
-colours are the palette colours. `load_image_full` keeps alpha separately.
+background. `load_image_full` keeps alpha separately (the upscaler re-attaches it).
 """
 
 from __future__ import annotations
@@ -28,29 +37,23 @@ import os
 import pathlib
 import secrets
 import struct
-import zlib
 
 import numpy as np
-from PIL import Image, ImageOps
+import png
+import tifffile
+from PIL import Image, ImageCms, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Pillow raw modes of multi-channel 16-bit data whose high byte only is kept, mapped to
-# the raw mode that returns the LOW bytes through the same unfiltering/unpacking path.
-_LOW_BYTE_RAWMODE = {
-    "RGB;16B": "RGB;16L",
-    "RGB;16L": "RGB;16B",
-    "RGBA;16B": "RGBA;16L",
-    "RGBA;16L": "RGBA;16B",
-}
-# 16-bit gray+alpha PNG (4 bytes/pixel): decoding as raw 8-bit RGBA gives the bytes
-# (L_hi, L_lo, A_hi, A_lo) with the same bytes-per-pixel, so filters stay correct.
-_LA16_RAWMODE = "LA;16B"
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-# Elements per slice when quantising / PNG-filtering large images piecewise (a float64
-# slice of this many values is 32 MB).
+# Pillow raw modes of TIFF data with 16 bits per sample that Pillow keeps 8 of.
+_TIFF16_RAWMODES = ("RGB;16B", "RGB;16L", "RGB;16N", "RGBA;16B", "RGBA;16L", "RGBA;16N",
+                    "LA;16B", "LA;16L")
+# Elements per slice when quantising large images piecewise (a float64 slice of this
+# many values is 32 MB).
 _QUANTIZE_CHUNK = 1 << 22
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 class ImageError(ValueError):
@@ -62,12 +65,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _check_png_complete(path: str) -> None:
-    """Walks the PNG chunk list (headers only) and fails unless it reaches IEND."""
+def _png_info(path: str) -> dict | None:
+    """Walks a PNG's chunk list (headers only; IHDR and eXIf read): {'bit_depth',
+    'exif'} or None if the file is not a PNG. Fails unless the list reaches IEND."""
     with open(path, "rb") as f:
         if f.read(8) != _PNG_SIGNATURE:
-            return  # Not a PNG after all; Pillow decides.
+            return None  # Not a PNG after all; Pillow decides.
         size = os.fstat(f.fileno()).st_size
+        info = {"bit_depth": None, "exif": None}
         while True:
             header = f.read(8)
             if len(header) < 8:
@@ -76,35 +81,17 @@ def _check_png_complete(path: str) -> None:
             end = f.tell() + length + 4  # data + CRC
             if end > size:
                 raise ImageError(f"{path}: truncated PNG (chunk {ctype!r} cut off)")
-            if ctype == b"IEND":
-                return
+            if ctype == b"IHDR" and length >= 9:
+                info["bit_depth"] = f.read(9)[8]
+            elif ctype == b"eXIf" and length < (1 << 20):
+                info["exif"] = f.read(length)
+            elif ctype == b"IEND":
+                return info
             f.seek(end)
 
 
-def _swap_rawmode(im: Image.Image, rawmode: str) -> None:
-    tiles = []
-    for tile in im.tile:
-        args = tile[3]
-        new_args = (rawmode,) + tuple(args[1:]) if isinstance(args, tuple) else rawmode
-        if hasattr(tile, "_replace"):
-            tiles.append(tile._replace(args=new_args))
-        else:
-            tiles.append((tile[0], tile[1], tile[2], new_args))
-    im.tile = tiles
-
-
-def _tile_rawmode(im: Image.Image) -> str | None:
-    if not getattr(im, "tile", None):
-        return None
-    args = im.tile[0][3]
-    return args[0] if isinstance(args, tuple) and args else (args if isinstance(args, str) else None)
-
-
-def _decode_with_rawmode(path: str, rawmode: str) -> np.ndarray:
-    with Image.open(path) as im:
-        _swap_rawmode(im, rawmode)
-        im.load()
-        return np.asarray(im)
+def _check_png_complete(path: str) -> None:
+    _png_info(path)
 
 
 @contextlib.contextmanager
@@ -122,40 +109,104 @@ def _open_checked(path: str):
             yield im
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error,
+            png.Error, tifffile.TiffFileError, ImageCms.PyCMSError) as exc:
         raise ImageError(f"{path}: cannot read image ({_one_line(exc)})") from None
+
+
+def _refuse_multi_frame(im: Image.Image, path: str) -> None:
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        kind = {"TIFF": "multi-page TIFF"}.get(im.format, f"animated {im.format}")
+        raise ImageError(f"{path}: {kind} with {frames} frames; only single images are "
+                         "read (save the frame you want as its own file)")
+
+
+def _orientation(im: Image.Image, png_exif: bytes | None) -> int:
+    if png_exif:
+        exif = Image.Exif()
+        exif.load(png_exif)
+        return int(exif.get(0x0112, 1) or 1)
+    return int(im.getexif().get(0x0112, 1) or 1)
+
+
+def _read_png16(path: str | None, data: bytes | None = None) -> np.ndarray:
+    """16-bit PNG (a file, or its bytes) -> uint16 (H, W, C) through pypng, C = 1
+    (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA); a tRNS colour becomes an alpha channel."""
+    reader = png.Reader(filename=path) if data is None else png.Reader(bytes=data)
+    width, height, rows, info = reader.asDirect()
+    planes = info["planes"]
+    out = np.empty((height, width * planes), np.uint16)
+    for y, row in enumerate(rows):
+        out[y] = row
+    return out.reshape(height, width, planes)
+
+
+def _read_tiff16(path: str) -> np.ndarray:
+    """16-bit TIFF -> uint16 (H, W[, C]) through tifffile (first and only page)."""
+    pixels = np.asarray(tifffile.imread(path, key=0))
+    if pixels.dtype != np.uint16 or pixels.ndim not in (2, 3) or (
+            pixels.ndim == 3 and pixels.shape[-1] not in (2, 3, 4)):
+        raise ImageError(f"{path}: unsupported 16-bit TIFF layout {pixels.shape} "
+                         f"{pixels.dtype}")
+    return pixels
 
 
 def _open_pixels(path: str) -> tuple[np.ndarray, int, Image.Image | None]:
     """Decodes `path` to (pixels, bit_depth, pil_image_for_8bit_or_None).
 
-    For 16-bit files the pixels are a uint16 array (H,W), (H,W,2), (H,W,3) or (H,W,4)
-    (gray, gray+alpha, RGB, RGBA). For 8-bit files the PIL image (already EXIF-
-    transposed and loaded) is returned for mode conversion.
+    For 16-bit files the pixels are a uint16 array (H,W), (H,W,1), (H,W,2), (H,W,3) or
+    (H,W,4) (gray, gray+alpha, RGB, RGBA), EXIF-oriented. For 8-bit files the PIL image
+    (EXIF-transposed, ICC-converted to sRGB, loaded) is returned for mode conversion.
     """
     path = os.fspath(path)
     with _open_checked(path) as im:
+        _refuse_multi_frame(im, path)
+        info = _png_info(path) if im.format == "PNG" else None
+        if info is not None and info["bit_depth"] == 16:
+            return _orient(_read_png16(path), _orientation(im, info["exif"])), 16, None
         rawmode = _tile_rawmode(im)
-        exif_orientation = im.getexif().get(0x0112, 1)
-        if rawmode in _LOW_BYTE_RAWMODE:
-            im.load()
-            high = np.asarray(im).astype(np.uint16)
-            low = _decode_with_rawmode(path, _LOW_BYTE_RAWMODE[rawmode]).astype(np.uint16)
-            pixels = (high << 8) | low
-            return _orient(pixels, exif_orientation), 16, None
-        if rawmode == _LA16_RAWMODE:
-            raw = _decode_with_rawmode(path, "RGBA").astype(np.uint16)  # (H,W,4) bytes
-            pixels = np.stack([(raw[..., 0] << 8) | raw[..., 1],
-                               (raw[..., 2] << 8) | raw[..., 3]], axis=-1)
-            return _orient(pixels, exif_orientation), 16, None
+        if im.format == "TIFF" and (rawmode in _TIFF16_RAWMODES or im.mode in _GRAY16_MODES):
+            return _orient(_read_tiff16(path), _orientation(im, None)), 16, None
         im.load()
         if im.mode in _GRAY16_MODES:
             pixels = np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
-            return _orient(pixels, exif_orientation), 16, None
-        out = ImageOps.exif_transpose(im)
+            return _orient(pixels, _orientation(im, None)), 16, None
+        out = _to_srgb(ImageOps.exif_transpose(im))
         if out is im:
             out = im.copy()
         return np.empty((0,)), 8, out
+
+
+def _tile_rawmode(im: Image.Image) -> str | None:
+    """The raw mode of the first tile Pillow would decode (how the file stores samples)."""
+    if not getattr(im, "tile", None):
+        return None
+    args = im.tile[0][3]
+    return args[0] if isinstance(args, tuple) and args else (args if isinstance(args, str) else None)
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    """Applies an embedded ICC profile (to sRGB), as a colour-managed viewer does. Images
+    without one, or whose mode LittleCMS cannot convert, are returned as they are."""
+    icc = im.info.get("icc_profile")
+    if not icc:
+        return im
+    out_mode = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB", "LA": "RGBA"}.get(im.mode)
+    if out_mode is None:
+        return im
+    alpha = None
+    src = im
+    if im.mode in ("RGBA", "LA"):   # LittleCMS transforms colour; alpha is carried over
+        alpha = im.getchannel("A")
+        src = im.convert("RGB" if im.mode == "RGBA" else "L")
+        out_mode = "RGB"
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    out = ImageCms.profileToProfile(src, profile, _SRGB, outputMode=out_mode)
+    if alpha is not None:
+        out.putalpha(alpha)
+    out.info = {k: v for k, v in im.info.items() if k != "icc_profile"}
+    return out
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -174,16 +225,15 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _pil_to_rgba8(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """8-bit PIL image -> (uint8 (H,W,3), uint8 (H,W) alpha or None)."""
+    """8-bit PIL image -> (uint8 (H,W,3), uint8 (H,W) alpha or None). A tRNS
+    transparent colour (palette, RGB or gray PNG) becomes an alpha channel."""
     mode = im.mode
-    if mode == "P":
-        has_alpha = "transparency" in im.info
-        im = im.convert("RGBA" if has_alpha else "RGB")
-    elif mode == "PA":
+    has_trns = "transparency" in im.info
+    if mode in ("P", "1", "L", "RGB") and has_trns:
         im = im.convert("RGBA")
-    elif mode in ("1", "L", "RGB"):
+    elif mode in ("P", "1", "L", "RGB"):
         im = im.convert("RGB")
-    elif mode in ("LA", "La", "RGBa"):
+    elif mode in ("PA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")
     elif mode in ("CMYK", "YCbCr", "RGBX", "HSV", "LAB"):
         im = im.convert("RGB")
@@ -198,8 +248,10 @@ def _pil_to_rgba8(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray | 
 def _split16(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """uint16 (H,W[,C]) -> (uint16 (H,W,3), uint16 (H,W) alpha or None)."""
     if pixels.ndim == 2:
-        return np.repeat(pixels[..., None], 3, axis=-1), None
+        pixels = pixels[..., None]
     channels = pixels.shape[-1]
+    if channels == 1:
+        return np.repeat(pixels, 3, axis=-1), None
     if channels == 2:  # gray + alpha
         return np.repeat(pixels[..., :1], 3, axis=-1), pixels[..., 1]
     if channels == 4:
@@ -267,31 +319,28 @@ def _fill_quantized(dst: np.ndarray, src, maxval: int, what: str) -> None:
         dst[r:r + rows] = _quantize(src[r:r + rows], maxval, dst.dtype)
 
 
-def _png_chunk(ctype: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(ctype + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", crc)
-
-
 def encode_png16(pixels: np.ndarray, compress_level: int = 6) -> bytes:
-    """Encodes uint16 (H,W,3) RGB or (H,W,4) RGBA as a 16-bit PNG (Sub filter, zlib).
-    Rows are filtered and compressed in chunks: memory beyond the input is about one
-    chunk plus the compressed output."""
+    """Encodes uint16 (H,W,3) RGB or (H,W,4) RGBA as a 16-bit PNG with pypng (rows
+    handed over a slice at a time, so memory beyond the input is about one slice plus
+    the compressed output)."""
+    buf = io.BytesIO()
+    _write_png16(buf, pixels, compress_level)
+    return buf.getvalue()
+
+
+def _write_png16(f, pixels: np.ndarray, compress_level: int = 6) -> None:
     height, width, channels = pixels.shape
-    color_type = {3: 2, 4: 6}[channels]
-    bpp = channels * 2
-    compressor = zlib.compressobj(compress_level)
-    idat = []
-    step = max(1, _QUANTIZE_CHUNK // (width * bpp))
-    for r in range(0, height, step):
-        raw = pixels[r:r + step].astype(">u2").view(np.uint8).reshape(-1, width * bpp)
-        filtered = raw.copy()
-        filtered[:, bpp:] = raw[:, bpp:] - raw[:, :-bpp]  # "Sub" filter, uint8 wrap-around
-        rows = np.concatenate([np.ones((len(raw), 1), np.uint8), filtered], axis=1)  # type 1
-        idat.append(compressor.compress(rows.tobytes()))
-    idat.append(compressor.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", b"".join(idat)) + _png_chunk(b"IEND", b""))
+    if channels not in (3, 4):
+        raise ValueError(f"expected (H, W, 3) or (H, W, 4) pixels, got {pixels.shape}")
+    writer = png.Writer(width, height, bitdepth=16, greyscale=False, alpha=channels == 4,
+                        compression=compress_level)
+    step = max(1, _QUANTIZE_CHUNK // max(1, width * channels))
+
+    def rows():
+        for r in range(0, height, step):
+            yield from np.asarray(pixels[r:r + step], np.uint16).reshape(-1, width * channels)
+
+    writer.write(f, rows())
 
 
 def _create_temp(folder: str) -> tuple[int, str]:
@@ -353,8 +402,7 @@ def save_png(path, rgb, alpha=None, bit_depth: int = 8, compress_level: int = 6)
             _fill_quantized(pixels[..., 3], alpha, maxval, "alpha")
     path = os.fspath(path)
     if bit_depth == 16:
-        data = encode_png16(pixels, compress_level)
-        _atomic_write(path, lambda f: f.write(data))
+        _atomic_write(path, lambda f: _write_png16(f, pixels, compress_level))
     else:
         im = Image.fromarray(pixels, "RGBA" if alpha is not None else "RGB")
         _atomic_write(path, lambda f: im.save(f, format="PNG", compress_level=compress_level))
@@ -373,15 +421,19 @@ def list_images(folder, recursive: bool = True) -> list[str]:
 def probe_image(path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels.
 
-    Catches empty, non-image and (for PNG) truncated files cheaply; a JPEG truncated
-    in its pixel data is only caught when decoded (`load_image`).
+    Catches empty, non-image, multi-frame and (for PNG) truncated files cheaply; a JPEG
+    truncated in its pixel data is only caught when decoded (`load_image`). The size is
+    the displayed one (EXIF orientation applied, also a PNG's eXIf chunk).
     """
     path = os.fspath(path)
     with _open_checked(path) as im:
+        _refuse_multi_frame(im, path)
         width, height = im.size
-        # PNG EXIF may follow the pixel data (Pillow then decodes everything to find
-        # it); orientation there is rare, so PNG sizes are taken as stored.
-        if im.format != "PNG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        if im.format == "PNG":   # read eXIf from the chunk list: Pillow would decode all
+            orientation = _orientation(im, (_png_info(path) or {}).get("exif"))
+        else:
+            orientation = _orientation(im, None)
+        if orientation in (5, 6, 7, 8):
             width, height = height, width
         return height, width
 
@@ -390,13 +442,18 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decodes an encoded image (PNG/JPEG/...) held in memory to uint8 RGB (H, W, 3)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _refuse_multi_frame(im, name)
+            if im.format == "PNG" and data[24:25] == b"\x10":   # IHDR bit depth 16
+                rgb, _ = _split16(_orient(_read_png16(None, data), _orientation(im, None)))
+                return np.ascontiguousarray(to_uint8_from_16(rgb))
             im.load()
             if im.mode in _GRAY16_MODES:
                 gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
                 return to_uint8_from_16(np.repeat(gray[..., None], 3, axis=-1))
-            rgb, _ = _pil_to_rgba8(ImageOps.exif_transpose(im), name)
+            rgb, _ = _pil_to_rgba8(_to_srgb(ImageOps.exif_transpose(im)), name)
             return np.ascontiguousarray(rgb)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            ImageCms.PyCMSError, png.Error) as exc:
         raise ImageError(f"{name}: cannot decode image ({_one_line(exc)})") from None

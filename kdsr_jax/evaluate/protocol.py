@@ -172,12 +172,36 @@ class Scores:
                 float(np.mean(self.ssim)) if self.ssim else math.nan)
 
 
+def _skip(skipped: list, dataset: str, path: str, exc: BaseException) -> None:
+    """Records one unusable image with its one-line reason (once per image)."""
+    name = os.path.basename(path)
+    if any(r["dataset"] == dataset and r["image"] == name for r in skipped):
+        return
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    reason = reason.replace(f"{path}: ", "")
+    skipped.append(dict(dataset=dataset, image=name, path=path, reason=reason))
+
+
+def _scored(skipped: list, per_image: list) -> None:
+    if not per_image:
+        first = skipped[0] if skipped else None
+        raise ProtocolError("no image could be scored" + (
+            f" ({len(skipped)} skipped; first: {first['path']}: {first['reason']})"
+            if first else ""))
+
+
 def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
                        bucket: int = 32, batch_size: int = 1, max_images: int = 0,
                        progress: Callable[[int], None] | None = None,
                        with_bicubic: bool = True, per_image: bool = True) -> dict:
     """Runs the iso/aniso protocol. `datasets` = [(name, [hr paths])]. Returns
-    {'rows': {method: {dataset: (psnr, ssim)}}, 'per_image': [...], ...}."""
+    {'rows': {method: {dataset: (psnr, ssim)}}, 'per_image': [...], 'skipped': [...]}.
+
+    An image that cannot be scored (unreadable, or too small for the scale / the SSIM
+    window after cropping) is skipped: recorded in 'skipped' with its reason, the means
+    cover the rest (NaN for a dataset with none left). ProtocolError if no image at all
+    could be scored. Noise keys keep each image's index, so skipping one image never
+    changes another's score."""
     from kdsr_jax.data import images as image_io
 
     s = runner.scale
@@ -185,25 +209,45 @@ def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
     rows = {method: {}}
     if with_bicubic:
         rows["Bicubic"] = {}
-    per_image_rows = []
+    per_image_rows, skipped, scored = [], [], 0
     for di, (name, paths) in enumerate(datasets):
         if max_images:
             paths = paths[:max_images]
-        hrs = [crop_to_scale(image_io.load_image(p), s) for p in paths]
+        hrs = {}
+        for ii, p in enumerate(paths):
+            try:
+                hr = crop_to_scale(image_io.load_image(p), s)
+                if min(hr.shape[:2]) < s:
+                    raise ProtocolError(f"image {hr.shape[:2]} is smaller than the scale x{s}")
+                hrs[ii] = hr
+            except ValueError as exc:
+                _skip(skipped, name, p, exc)
+        if progress and len(hrs) < len(paths):
+            progress((len(paths) - len(hrs)) * len(degradations))
         sc, bc = Scores(), Scores()
         for gi, deg in enumerate(degradations):
-            lrs = [synthesize_lr(hr, deg, s, noise_key(di, ii, gi)) for ii, hr in enumerate(hrs)]
-            hr_f = [hr.astype(np.float32) / 255.0 for hr in hrs] if runner.is_teacher else None
+            idx = [ii for ii in sorted(hrs) if not any(
+                r["dataset"] == name and r["path"] == paths[ii] for r in skipped)]
+            lrs = [synthesize_lr(hrs[ii], deg, s, noise_key(di, ii, gi)) for ii in idx]
+            hr_f = ([hrs[ii].astype(np.float32) / 255.0 for ii in idx]
+                    if runner.is_teacher else None)
             srs = runner.forward(lrs, hr_f, bucket=bucket, batch_size=batch_size,
-                                 progress=progress)
-            for ii, (hr, lr, sr) in enumerate(zip(hrs, lrs, srs)):
-                p, q = metrics.psnr_y(sr, hr, s), metrics.ssim_y(sr, hr, s)
+                                 progress=progress) if idx else []
+            for ii, lr, sr in zip(idx, lrs, srs):
+                hr = hrs[ii]
+                try:
+                    p, q = metrics.psnr_y(sr, hr, s), metrics.ssim_y(sr, hr, s)
+                    if with_bicubic:
+                        bp = bicubic_upscale(lr, s)
+                        b = (metrics.psnr_y(bp, hr, s), metrics.ssim_y(bp, hr, s))
+                except ValueError as exc:   # e.g. smaller than the SSIM window
+                    _skip(skipped, name, paths[ii], exc)
+                    continue
                 sc.add(p, q)
+                scored += 1
                 row = dict(dataset=name, image=os.path.basename(paths[ii]),
                            degradation=deg.label, psnr=p, ssim=q)
                 if with_bicubic:
-                    bp = bicubic_upscale(lr, s)
-                    b = (metrics.psnr_y(bp, hr, s), metrics.ssim_y(bp, hr, s))
                     bc.add(*b)
                     row.update(bicubic_psnr=b[0], bicubic_ssim=b[1])
                 if per_image:
@@ -211,7 +255,8 @@ def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
         rows[method][name] = sc.mean()
         if with_bicubic:
             rows["Bicubic"][name] = bc.mean()
-    return dict(rows=rows, per_image=per_image_rows,
+    _scored(skipped, [1] * scored)
+    return dict(rows=rows, per_image=per_image_rows, skipped=skipped,
                 degradations=[d.label for d in degradations],
                 datasets=[n for n, _ in datasets], metrics="psnr_y/ssim_y (KDSR-classic, "
                 "shave=scale)")
@@ -222,7 +267,9 @@ def evaluate_paired(runner, lr_dir: str, gt_dir: str, *, name: str = "paired",
                     progress: Callable[[int], None] | None = None,
                     with_bicubic: bool = True) -> dict:
     """KDSR-GAN protocol: LR files as given, GT paired by sorted order, GT cropped to
-    (s h_lr, s w_lr) top-left, BasicSR PSNR/SSIM-Y (crop 4)."""
+    (s h_lr, s w_lr) top-left, BasicSR PSNR/SSIM-Y (crop 4). A pair that cannot be
+    scored (unreadable file, GT smaller than s x LR, too small for SSIM) is skipped and
+    recorded in 'skipped' with its reason; ProtocolError if none could be scored."""
     from kdsr_jax.data import images as image_io
 
     for d in (lr_dir, gt_dir):
@@ -235,34 +282,47 @@ def evaluate_paired(runner, lr_dir: str, gt_dir: str, *, name: str = "paired",
     if len(lrp) != len(gtp):
         raise ProtocolError(f"{len(lrp)} LR images but {len(gtp)} GT images")
     s = runner.scale
-    lrs = [image_io.load_image(p).astype(np.float32) / 255.0 for p in lrp]
-    gts = []
-    for p, lr in zip(gtp, lrs):
-        gt = image_io.load_image(p)
-        h, w = lr.shape[0] * s, lr.shape[1] * s
-        if gt.shape[0] < h or gt.shape[1] < w:
-            raise ProtocolError(f"{p}: GT {gt.shape[:2]} smaller than {s} x LR ({h}, {w})")
-        gts.append(gt[:h, :w])
-    hr_f = [g.astype(np.float32) / 255.0 for g in gts] if runner.is_teacher else None
-    srs = runner.forward(lrs, hr_f, bucket=bucket, batch_size=batch_size, progress=progress)
+    pairs, skipped = [], []
+    for lp, gp in zip(lrp, gtp):
+        try:
+            lr = image_io.load_image(lp).astype(np.float32) / 255.0
+            gt = image_io.load_image(gp)
+            h, w = lr.shape[0] * s, lr.shape[1] * s
+            if gt.shape[0] < h or gt.shape[1] < w:
+                raise ProtocolError(f"GT {gp} {gt.shape[:2]} smaller than {s} x LR ({h}, {w})")
+            pairs.append((lp, lr, gt[:h, :w]))
+        except ValueError as exc:
+            _skip(skipped, name, lp, exc)
+    if progress and skipped:
+        progress(len(skipped))
+    lrs = [lr for _, lr, _ in pairs]
+    hr_f = [g.astype(np.float32) / 255.0 for _, _, g in pairs] if runner.is_teacher else None
+    srs = runner.forward(lrs, hr_f, bucket=bucket, batch_size=batch_size,
+                         progress=progress) if pairs else []
     sc, bc, per = Scores(), Scores(), []
-    for p, lr, gt, sr in zip(lrp, lrs, gts, srs):
+    for (p, lr, gt), sr in zip(pairs, srs):
         sr8 = np.round(np.clip(sr, 0, 1) * 255).astype(np.uint8)
-        a = (metrics.psnr_y_basicsr(sr8, gt), metrics.ssim_y_basicsr(sr8, gt))
+        try:
+            a = (metrics.psnr_y_basicsr(sr8, gt), metrics.ssim_y_basicsr(sr8, gt))
+            if with_bicubic:
+                b8 = np.round(np.clip(bicubic_upscale(lr, s), 0, 1) * 255).astype(np.uint8)
+                b = (metrics.psnr_y_basicsr(b8, gt), metrics.ssim_y_basicsr(b8, gt))
+        except ValueError as exc:
+            _skip(skipped, name, p, exc)
+            continue
         sc.add(*a)
         row = dict(dataset=name, image=os.path.basename(p), degradation="as given",
                    psnr=a[0], ssim=a[1])
         if with_bicubic:
-            b8 = np.round(np.clip(bicubic_upscale(lr, s), 0, 1) * 255).astype(np.uint8)
-            b = (metrics.psnr_y_basicsr(b8, gt), metrics.ssim_y_basicsr(b8, gt))
             bc.add(*b)
             row.update(bicubic_psnr=b[0], bicubic_ssim=b[1])
         per.append(row)
+    _scored(skipped, per)
     rows = {"KDSR": {name: sc.mean()}}
     if with_bicubic:
         rows["Bicubic"] = {name: bc.mean()}
-    return dict(rows=rows, per_image=per, degradations=["as given"], datasets=[name],
-                metrics="psnr_y_basicsr/ssim_y_basicsr (BasicSR, crop 4)")
+    return dict(rows=rows, per_image=per, skipped=skipped, degradations=["as given"],
+                datasets=[name], metrics="psnr_y_basicsr/ssim_y_basicsr (BasicSR, crop 4)")
 
 
 # ------------------------------------------------------------------------ reports --
@@ -283,7 +343,10 @@ def format_table(result: dict) -> str:
     widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
     fmt = lambda r: " | ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     sep = "-+-".join("-" * w for w in widths)
-    return "\n".join([fmt(header), sep] + [fmt(r) for r in lines])
+    skipped = result.get("skipped") or []
+    notes = [f"{len(skipped)} image(s) skipped (not in the means):"] if skipped else []
+    notes += [f"  {r['dataset']}/{r['image']}: {r['reason']}" for r in skipped]
+    return "\n".join([fmt(header), sep] + [fmt(r) for r in lines] + notes)
 
 
 def write_outputs(result: dict, output: str) -> tuple[str, str]:
