@@ -36,6 +36,7 @@ Tiles (for large images, memory bounded by the tile size):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Sequence
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdsr_jax.models import build_model
+from kdsr_jax import inference
 
 # Smallest canvas side: keeps feature maps distinguishable from small kernels/vectors.
 MIN_CANVAS = 16
@@ -146,6 +147,18 @@ class _MaskState:
         return mean_over_canvas
 
 
+@contextlib.contextmanager
+def _masked(state: _MaskState):
+    """Masked canvas execution of the modules, with the CPU's strip-packed convolutions
+    (`inference.strip_packed_convs`, a no-op elsewhere) outside the masking interceptor,
+    so that the masks see each conv call exactly once."""
+    with contextlib.ExitStack() as stack:
+        if jax.default_backend() == "cpu":
+            stack.enter_context(inference.strip_packed_convs())
+        stack.enter_context(nn.intercept_methods(state.interceptor))
+        yield
+
+
 def _rects(valid_hw) -> jax.Array:
     v = jnp.asarray(valid_hw, jnp.int32).reshape(-1, 2)
     z = jnp.zeros_like(v[:, 0])
@@ -169,10 +182,8 @@ class Runner:
         self.spec = model.spec
         if self.spec.kind == "discriminator":
             raise ValueError("a discriminator checkpoint cannot upscale images")
-        # The masking interceptor works module by module, so G's packed CPU path
-        # (`models.packed`, taken for dynconv='auto') is switched off here: same function.
-        impl = "shift" if self.spec.dynconv == "auto" else self.spec.dynconv
-        self.model = build_model(self.spec.replace(dynconv=impl), dtype)
+        self.model = model if jnp.dtype(model.dtype) == jnp.dtype(dtype) else model.clone(
+            dtype=dtype)
         self.variables = {"params": variables["params"]}
         self.scale = self.spec.scale
         self.is_teacher = self.spec.kind == "teacher"
@@ -188,13 +199,13 @@ class Runner:
                      mode="rescale"):
         st = _MaskState(lr.shape[1:3], valid, core=core, pool=mode,
                         pool_index=self._pool_index, replacement=replacement)
-        with nn.intercept_methods(st.interceptor):
+        with _masked(st):
             idr, fea = self.model.apply(variables, *self._encode_args(lr, hr), method="encode")
         return idr, fea, st.pool_sum
 
     def _generate_impl(self, variables, lr, valid, idr):
         st = _MaskState(lr.shape[1:3], valid)
-        with nn.intercept_methods(st.interceptor):
+        with _masked(st):
             sr = self.model.apply(variables, lr, idr, method="generate")
         return sr.astype(jnp.float32)
 
@@ -209,7 +220,7 @@ class Runner:
                             pool="record")
 
             def probe(v):
-                with nn.intercept_methods(st.interceptor):
+                with _masked(st):
                     return self.model.apply(v, *self._encode_args(small, small_hr),
                                             method="encode")
 

@@ -43,8 +43,9 @@ def strip_packed_convs():
     eligible, `lax.conv_general_dilated` otherwise): the same values, computed with both
     CPU cores on narrow images. The modules themselves are untouched; this is a
     `flax.linen.intercept_methods` interceptor, active only while tracing inside the
-    `with` block, and it composes with other interceptors (e.g. the tiling Runner's
-    masks)."""
+    `with` block. It runs each conv as a fresh `nn.Conv` apply, which passes through the
+    interceptors registered inside this block again: enter it *outside* any interceptor
+    that should see each conv call once (as the tiling Runner does with its masks)."""
 
     def interceptor(next_fun, args, kwargs, context):
         conv = context.module

@@ -4,30 +4,34 @@ pipelines. `run(cfg)` returns a report dict; `format_table(report)` renders it.
 Sections (`BenchConfig.sections`):
 
 * ``forward``: each student preset at `lr_size` x `batch`, per dtype (float32,
-  optionally bfloat16 compute): jit compile time apart, then the median latency of
-  `iters` block_until_ready'd calls after `warmup`, and images/s. When torch is
+  optionally bfloat16 compute), run as users run inference,
+  `kdsr_jax.inference.super_resolve` (which picks the formulation for the backend;
+  `jax_paths` can add the plain `model.apply` for comparison): jit compile time apart,
+  then the median latency of `iters` block_until_ready'd calls after `warmup`, and
+  images/s. When torch is
   importable, the PyTorch twin (`torch_twin.py`) is loaded with the same weights, its
   output compared (max abs diff) and timed the same way, its runs interleaved with the
   JAX ones (one of each in turn, so drifting machine load hits both alike); the
   JAX/PyTorch ratios of the median and of the minimum latency are reported, per dtype
   (the twin's bfloat16 is torch autocast). The twin runs on CUDA when JAX runs on a GPU
   and torch has CUDA, else on the CPU.
-* ``train``: ('model' in `train_steps`) a self-contained KDSR teacher step (L1 + Adam,
-  reference/TRAINING.md §1.3-1.4) on ready-made (LR, HR) batches: `train_batch` x
+* ``train``: ('model' in `train_steps`) a self-contained KDSR teacher step (L1 + Adam as
+  the official classic `trainer.py`) on ready-made (LR, HR) batches: `train_batch` x
   `train_lr_size`^2 LR patches, steps/s; ('project') the project's own stage-3 step
   `kdsr_jax.train.steps.make_classic_step` (LR synthesis inside the step) at the same
   size, reported as skipped while it or the classic degradation is unavailable.
 * ``pipelines``: `degradation.classic.degrade` (batch of `classic_hr_size`^2 HR) and
   `degradation.realesrgan.degrade` (batch of `realesrgan_gt_size`^2 GT), images/s and
-  compile time; each as a % of the model step it feeds at the same batch (classic ->
-  KDSRs-M teacher step, Real-ESRGAN -> KDSR-GAN student step with L1 + KD; off with
-  `step_ratio=False`). `pipelines` selects which of the two run; a missing module is
-  reported as skipped.
+  compile time; with `step_ratio=True` (opt-in: `--step-ratio`), each also as a % of
+  the official-size model step it feeds at the same batch (classic -> KDSRs-M teacher
+  step, Real-ESRGAN -> KDSR-GAN student step with L1 + KD), which on a CPU takes over
+  15 minutes and about 20 GB of memory. `pipelines` selects which of the two run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -39,20 +43,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kdsr_jax.bench import timing
+from benchmarks import timing
+from kdsr_jax import inference
 from kdsr_jax.models import build_model, init_variables
+from kdsr_jax.degradation import classic, realesrgan
 from kdsr_jax.models.spec import preset
+from kdsr_jax.train import losses
 
 SECTIONS = ("forward", "train", "pipelines")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+JAX_PATHS = ("super_resolve", "apply")
 
-# reference/TRAINING.md §1.3: torch.optim.Adam(betas=(0.9, 0.999), eps=1e-8), lr 1e-4 (§1.2).
+# Official classic `option.py` / `trainer.py`: Adam(betas=(0.9, 0.999), eps=1e-8), lr 1e-4.
 CLASSIC_ADAM = dict(b1=0.9, b2=0.999, eps=1e-8)
 CLASSIC_LR = 1e-4
-# reference/TRAINING.md §2.2: GAN-side Adam betas (0.9, 0.99); student lr 2e-4 (§ table).
+# Official KDSR-GAN `options/*.yml`: Adam betas (0.9, 0.99); student lr 2e-4.
 GAN_ADAM = dict(b1=0.9, b2=0.99, eps=1e-8)
 GAN_STUDENT_LR = 2e-4
-# reference/TRAINING.md §0: KD temperature.
+# Official KD loss temperature (`trainer.py` / yml `temperature`).
 KD_TEMPERATURE = 0.15
 
 
@@ -64,6 +72,7 @@ class BenchConfig:
     batch: int = 1
     scale: int = 4
     dtypes: tuple[str, ...] = ("float32",)
+    jax_paths: tuple[str, ...] = ("super_resolve",)
     dynconv: str = "auto"
     torch: str = "auto"              # 'auto' (if importable) | 'on' (required) | 'off'
     warmup: int = timing.DEFAULT_WARMUP
@@ -78,7 +87,7 @@ class BenchConfig:
     realesrgan_gt_size: int = 400
     pipeline_teacher: str = "KDSRs-M"
     pipeline_student: str = "KDSR-GAN"
-    step_ratio: bool = True
+    step_ratio: bool = False
     seed: int = 0
     threads_note: str = "threads: not limited"
 
@@ -95,6 +104,10 @@ class BenchConfig:
         bad = sorted(set(self.dtypes) - set(DTYPES))
         if bad:
             raise ValueError(f"unknown dtype(s) {bad}; choose from {list(DTYPES)}")
+        bad = sorted(set(self.jax_paths) - set(JAX_PATHS))
+        if bad or not self.jax_paths:
+            raise ValueError(f"jax paths must be some of {list(JAX_PATHS)}, got "
+                             f"{list(self.jax_paths)}")
         if self.torch not in ("auto", "on", "off"):
             raise ValueError(f"torch must be auto, on or off, got {self.torch!r}")
         for name in ("batch", "train_batch", "train_lr_size", "pipeline_batch", "iters",
@@ -138,7 +151,7 @@ def _torch_or_none(mode: str):
     try:
         import torch  # noqa: F401
 
-        from kdsr_jax.bench import torch_twin
+        from benchmarks import torch_twin  # imports torch: only when it is there
         return torch_twin
     except ImportError as e:
         if mode == "on":
@@ -152,7 +165,7 @@ def _torch_or_none(mode: str):
 def torch_device() -> str:
     """Where the PyTorch twin runs: CUDA when JAX itself runs on a GPU and torch sees
     one (a like-for-like comparison), else the CPU."""
-    import torch
+    import torch  # optional dependency: imported only when the twin runs
 
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
@@ -160,7 +173,7 @@ def torch_device() -> str:
 def _twin_call(twin, x_t, device: str, dname: str):
     """A no-argument twin forward in `dname` (bfloat16 = torch autocast, the usual mixed
     precision in PyTorch) that returns only once the device has finished."""
-    import torch
+    import torch  # optional dependency: imported only when the twin runs
 
     def call():
         with torch.inference_mode(), torch.autocast(
@@ -183,13 +196,17 @@ def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
         k_init, k_x, key = jax.random.split(key, 3)
         variables = init_variables(spec, k_init)
         lr = jax.random.uniform(k_x, (cfg.batch, h, w, 3), jnp.float32)
-        calls, compile_s = {}, {}
+        calls, compile_s, how = {}, {}, {}
         for dname in cfg.dtypes:
             model = build_model(spec, DTYPES[dname])
-            calls[("jax", dname)], compile_s[dname] = timing.compile_jax(
-                lambda v, x, m=model: m.apply(v, x), variables, lr)
+            for path in cfg.jax_paths:
+                fn = (functools.partial(inference.super_resolve, model) if path == "super_resolve"
+                      else model.apply)
+                calls[(path, dname)], compile_s[(path, dname)] = timing.compile_jax(
+                    fn, variables, lr)
+            how[dname] = inference.formulation(model, lr)
         if twin_mod is not None:
-            import torch
+            import torch  # optional dependency: imported only when the twin runs
 
             device = torch_device()
             twin = twin_mod.twin_from_variables(spec, variables).to(device)
@@ -198,20 +215,26 @@ def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
                 calls[("torch", dname)] = _twin_call(twin, x_t, device, dname)
         # JAX and torch runs alternate, so both see the same machine conditions.
         timed = timing.time_interleaved(calls, warmup=cfg.warmup, iters=cfg.iters)
-        ref = np.asarray(timed[("jax", "float32")][1]) if "float32" in cfg.dtypes else None
+        main = cfg.jax_paths[0]
+        ref = np.asarray(timed[(main, "float32")][1]) if "float32" in cfg.dtypes else None
 
         def vs_reference(out, label):
             if ref is None:
                 return "", None
             diff = float(np.max(np.abs(np.asarray(out, np.float32) - ref)))
-            return f"max|{label}-jax float32| = {diff:.2e}", diff
+            return f"max|{label} - jax {main} float32| = {diff:.2e}", diff
 
         for dname in cfg.dtypes:
-            t, out = timed[("jax", dname)]
-            t.compile_s = compile_s[dname]
-            note = vs_reference(out, f"jax {dname}")[0] if dname != "float32" else ""
-            rows.append(_row("forward", f"{name} student", "jax", dname, cfg.batch, shape, t,
-                             note=note))
+            for path in cfg.jax_paths:
+                t, out = timed[(path, dname)]
+                t.compile_s = compile_s[(path, dname)]
+                label = (f"super_resolve ({how[dname]})" if path == "super_resolve"
+                         else "model.apply (plain)")
+                diff, diff_value = ("", None) if (path, dname) == (main, "float32") else (
+                    vs_reference(out, f"{path} {dname}"))
+                rows.append(_row("forward", f"{name} student", "jax", dname, cfg.batch, shape,
+                                 t, note="; ".join(x for x in (label, diff) if x),
+                                 jax_path=path, max_abs_diff=diff_value))
         if twin_mod is None:
             continue
         for dname in cfg.dtypes:
@@ -222,9 +245,9 @@ def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
                     + (f"; {note}" if note else ""))
             rows.append(_row("forward", f"{name} student", "torch", dname, cfg.batch, shape, t,
                              note=note, max_abs_diff=diff))
-            jax_t = timed[("jax", dname)][0]
+            jax_t = timed[(main, dname)][0]
             comparisons.append(dict(
-                what=f"{name} student forward {shape} batch {cfg.batch} {dname}",
+                what=f"{name} student forward {shape} batch {cfg.batch} {dname}", jax_path=main,
                 jax_median_s=jax_t.median_s, torch_median_s=t.median_s,
                 jax_over_torch=jax_t.median_s / t.median_s,
                 jax_min_s=jax_t.min_s, torch_min_s=t.min_s,
@@ -235,14 +258,13 @@ def bench_forward(cfg: BenchConfig, key) -> tuple[list, list]:
 # --------------------------------------------------------------------------- train steps
 
 
-def make_sr_step(spec, lr_rate: float, adam: dict, teacher_spec=None):
-    """A self-contained jitted-able SR train step on ready (LR, HR) batches:
+def make_sr_step(spec, lr_rate: float, adam: dict, teacher_spec=None, remat: bool = False):
+    """A self-contained jit-able SR train step on ready (LR, HR) batches:
     `step((params, opt_state), lr, hr[, teacher_params]) -> ((params, opt_state), loss)`.
     Teacher models: L1(model(lr, hr), hr). Students: L1 + KD against the frozen
-    `teacher_spec` encoder when given, else L1. Adam via optax (torch Adam semantics)."""
-    from kdsr_jax.train import losses
-
-    model = build_model(spec)
+    `teacher_spec` encoder when given, else L1. Adam via optax (torch Adam semantics).
+    `remat`: `build_model(..., remat=True)` (activation rematerialisation)."""
+    model = build_model(spec, remat=remat)
     tx = optax.adam(lr_rate, **adam)
     teacher = build_model(teacher_spec) if teacher_spec is not None else None
 
@@ -309,6 +331,9 @@ def bench_train(cfg: BenchConfig, key) -> list:
 def _bench_training_engineer_step(cfg, spec, key, shape):
     """The project's own stage-3 step (kdsr_jax.train.steps.make_classic_step), which
     synthesises the LR batch from uint8 HR inside the step."""
+    # Imported here, not at the top: the training package's stage-step API is being
+    # reworked (issue 11); a mismatch then reports this row as skipped instead of
+    # breaking every other section.
     from kdsr_jax.train import config_base, state as train_state, steps as train_steps
 
     config = config_base.classic_stage("teacher", set())
@@ -331,26 +356,12 @@ def _bench_training_engineer_step(cfg, spec, key, shape):
 # --------------------------------------------------------------------------- pipelines
 
 
-def _import_degradation(name):
-    import importlib
-
-    try:
-        return importlib.import_module(f"kdsr_jax.degradation.{name}")
-    except ImportError as e:
-        return str(e)
-
-
 def bench_pipelines(cfg: BenchConfig, key) -> tuple[list, list]:
     rows, comparisons = [], []
     b = cfg.pipeline_batch
     k_c, k_r, k_s1, k_s2 = jax.random.split(key, 4)
 
-    classic = _import_degradation("classic") if "classic" in cfg.pipelines else None
-    if classic is None:
-        pass
-    elif isinstance(classic, str):
-        rows.append(_skip("pipelines", "classic degradation", f"module not available ({classic})"))
-    else:
+    if "classic" in cfg.pipelines:
         s = cfg.classic_hr_size
         hr = jnp.round(jax.random.uniform(k_c, (b, s, s, 3)) * 255) / 255
         deg_cfg = classic.default_config()
@@ -370,13 +381,7 @@ def bench_pipelines(cfg: BenchConfig, key) -> tuple[list, list]:
                                     pipeline_median_s=t.median_s, step_median_s=ts.median_s,
                                     percent=100 * t.median_s / ts.median_s))
 
-    realesrgan = _import_degradation("realesrgan") if "realesrgan" in cfg.pipelines else None
-    if realesrgan is None:
-        pass
-    elif isinstance(realesrgan, str):
-        rows.append(_skip("pipelines", "Real-ESRGAN degradation",
-                          f"module not available ({realesrgan})"))
-    else:
+    if "realesrgan" in cfg.pipelines:
         g = cfg.realesrgan_gt_size
         gt = jnp.round(jax.random.uniform(k_r, (b, g, g, 3)) * 255) / 255
         deg_cfg = realesrgan.default_config()
