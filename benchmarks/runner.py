@@ -20,12 +20,18 @@ Sections (`BenchConfig.sections`):
   `train_lr_size`^2 LR patches, steps/s; ('project') the project's own stage-3 step
   `kdsr_jax.train.steps.make_classic_step` (LR synthesis inside the step) at the same
   size, reported as skipped while it or the classic degradation is unavailable.
+  `train_remat` ('off', 'on', 'both') times the 'model' step with activation
+  rematerialisation as well.
 * ``pipelines``: `degradation.classic.degrade` (batch of `classic_hr_size`^2 HR) and
   `degradation.realesrgan.degrade` (batch of `realesrgan_gt_size`^2 GT), images/s and
   compile time; with `step_ratio=True` (opt-in: `--step-ratio`), each also as a % of
   the official-size model step it feeds at the same batch (classic -> KDSRs-M teacher
   step, Real-ESRGAN -> KDSR-GAN student step with L1 + KD), which on a CPU takes over
   15 minutes and about 20 GB of memory. `pipelines` selects which of the two run.
+* ``memory`` (not in the default sections): XLA's compiled memory analysis of the
+  classic teacher step at `memory_batch` x `memory_hr_size`^2 (official: 64 x 256^2,
+  KDSRs-M) without and with activation rematerialisation (`build_model(remat=True)`);
+  lower + compile only, nothing is allocated or run.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import json
 import os
 import platform
 import sys
+import time
 from typing import Any
 
 import jax
@@ -50,7 +57,9 @@ from kdsr_jax.degradation import classic, realesrgan
 from kdsr_jax.models.spec import preset
 from kdsr_jax.train import losses
 
-SECTIONS = ("forward", "train", "pipelines")
+SECTIONS = ("forward", "train", "pipelines", "memory")
+DEFAULT_SECTIONS = ("forward", "train", "pipelines")
+REMAT_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 JAX_PATHS = ("super_resolve", "apply")
 
@@ -66,7 +75,7 @@ KD_TEMPERATURE = 0.15
 
 @dataclasses.dataclass
 class BenchConfig:
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     models: tuple[str, ...] = ("KDSRs-M", "KDSRs-L", "KDSR-GAN")
     lr_size: tuple[int, int] = (64, 64)
     batch: int = 1
@@ -81,6 +90,10 @@ class BenchConfig:
     train_batch: int = 4
     train_lr_size: int = 48
     train_steps: tuple[str, ...] = ("model", "project")
+    train_remat: str = "off"
+    memory_model: str = "KDSRs-M"
+    memory_batch: int = 64
+    memory_hr_size: int = 256
     pipelines: tuple[str, ...] = ("classic", "realesrgan")
     pipeline_batch: int = 16
     classic_hr_size: int = 256
@@ -108,10 +121,16 @@ class BenchConfig:
         if bad or not self.jax_paths:
             raise ValueError(f"jax paths must be some of {list(JAX_PATHS)}, got "
                              f"{list(self.jax_paths)}")
+        if self.train_remat not in REMAT_CHOICES:
+            raise ValueError(f"train remat must be one of {list(REMAT_CHOICES)}, got "
+                             f"{self.train_remat!r}")
+        if self.memory_hr_size % self.scale:
+            raise ValueError(f"memory_hr_size {self.memory_hr_size} must be a multiple of "
+                             f"the scale {self.scale}")
         if self.torch not in ("auto", "on", "off"):
             raise ValueError(f"torch must be auto, on or off, got {self.torch!r}")
         for name in ("batch", "train_batch", "train_lr_size", "pipeline_batch", "iters",
-                     "classic_hr_size", "realesrgan_gt_size"):
+                     "classic_hr_size", "realesrgan_gt_size", "memory_batch", "memory_hr_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.lr_size) < 1:
@@ -120,7 +139,7 @@ class BenchConfig:
             raise ValueError(f"classic_hr_size {self.classic_hr_size} must be a multiple of "
                              f"the scale {self.scale}")
         for name in set(self.models) | {self.train_model, self.pipeline_teacher,
-                                        self.pipeline_student}:
+                                        self.pipeline_student, self.memory_model}:
             preset(name)  # raises ValueError for an unknown preset
 
 
@@ -292,8 +311,9 @@ def make_sr_step(spec, lr_rate: float, adam: dict, teacher_spec=None, remat: boo
     return step, init_state
 
 
-def _time_sr_step(spec, batch, lr_hw, key, cfg, lr_rate, adam, teacher_spec=None):
-    step, init_state = make_sr_step(spec, lr_rate, adam, teacher_spec)
+def _time_sr_step(spec, batch, lr_hw, key, cfg, lr_rate, adam, teacher_spec=None,
+                  remat=False):
+    step, init_state = make_sr_step(spec, lr_rate, adam, teacher_spec, remat=remat)
     k_p, k_lr, k_hr, k_t = jax.random.split(key, 4)
     state = init_state(k_p)
     lr = jax.random.uniform(k_lr, (batch, *lr_hw, 3), jnp.float32)
@@ -315,10 +335,14 @@ def bench_train(cfg: BenchConfig, key) -> list:
     shape = f"{p}x{p}->{p * cfg.scale}x{p * cfg.scale}"
     k1, k2 = jax.random.split(key)
     if "model" in cfg.train_steps:
-        t = _time_sr_step(spec, cfg.train_batch, (p, p), k1, cfg, CLASSIC_LR, CLASSIC_ADAM)
-        rows.append(_row("train", f"{cfg.train_model} teacher step (L1+Adam)", "jax", "float32",
-                         cfg.train_batch, shape, t, per_run=1, unit="steps/s",
-                         note=f"{cfg.train_batch / t.median_s:.2f} img/s; ready LR/HR batches"))
+        for remat in REMAT_CHOICES[cfg.train_remat]:
+            t = _time_sr_step(spec, cfg.train_batch, (p, p), k1, cfg, CLASSIC_LR, CLASSIC_ADAM,
+                              remat=remat)
+            rows.append(_row("train", f"{cfg.train_model} teacher step (L1+Adam)"
+                             + (" remat" if remat else ""), "jax", "float32",
+                             cfg.train_batch, shape, t, per_run=1, unit="steps/s",
+                             note=f"{cfg.train_batch / t.median_s:.2f} img/s; ready LR/HR batches",
+                             remat=remat))
     if "project" in cfg.train_steps:
         try:
             rows.append(_bench_training_engineer_step(cfg, spec, k2, shape))
@@ -406,6 +430,52 @@ def bench_pipelines(cfg: BenchConfig, key) -> tuple[list, list]:
     return rows, comparisons
 
 
+# --------------------------------------------------------------------------- memory
+
+
+def bench_memory(cfg: BenchConfig, key) -> list:
+    """XLA's compiled memory analysis of the classic teacher step (`make_sr_step`, L1 +
+    Adam) at `memory_batch` x `memory_hr_size`^2 HR (official: 64 x 256^2, KDSRs-M),
+    without and with activation rematerialisation, and the bytes JAX saves for the
+    backward pass (the residuals of `jax.vjp` of the L1 loss: what remat changes,
+    before any backend compiler). Lowers and compiles only, on abstract inputs:
+    nothing of that size is allocated or run."""
+    rows = []
+    spec = preset(cfg.memory_model, kind="teacher", scale=cfg.scale, dynconv=cfg.dynconv)
+    b, hr_side = cfg.memory_batch, cfg.memory_hr_size
+    lr_side = hr_side // cfg.scale
+    lr = jax.ShapeDtypeStruct((b, lr_side, lr_side, 3), jnp.float32)
+    hr = jax.ShapeDtypeStruct((b, hr_side, hr_side, 3), jnp.float32)
+    for remat in (False, True):
+        step, init_state = make_sr_step(spec, CLASSIC_LR, CLASSIC_ADAM, remat=remat)
+        state = jax.eval_shape(init_state, key)
+        t0 = time.perf_counter()
+        compiled = jax.jit(step, donate_argnums=0).lower(state, lr, hr).compile()
+        compile_s = time.perf_counter() - t0
+        m = compiled.memory_analysis()
+        model = build_model(spec, remat=remat)
+        residuals = jax.eval_shape(lambda p, lr, hr: jax.vjp(lambda q: losses.l1(
+            model.apply({"params": q}, lr, hr), hr), p)[1], state[0], lr, hr)
+        saved = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(residuals))
+        sizes = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+                 for k in ("temp", "argument", "output", "alias", "generated_code")}
+        peak = sizes["temp"] + sizes["argument"] + sizes["output"] - sizes["alias"]
+        gib = lambda n: n / 2 ** 30  # noqa: E731
+        rows.append(dict(section="memory", item=f"{cfg.memory_model} teacher step (L1+Adam)"
+                         + (" remat" if remat else ""), backend="jax", dtype="float32",
+                         batch=b, shape=f"{lr_side}x{lr_side}->{hr_side}x{hr_side}",
+                         compile_s=compile_s, remat=remat, peak_bytes=peak,
+                         residual_bytes=saved, **{
+                             f"{k}_bytes": v for k, v in sizes.items()},
+                         note=f"saved for backward {gib(saved):.2f} GiB; compiled: "
+                              f"temp {gib(sizes['temp']):.2f} GiB, arguments "
+                              f"{gib(sizes['argument']):.2f} GiB, outputs "
+                              f"{gib(sizes['output']):.2f} GiB (aliased "
+                              f"{gib(sizes['alias']):.2f}) -> about {gib(peak):.2f} GiB "
+                              f"on {jax.default_backend()}"))
+    return rows
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -430,7 +500,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     key = jax.random.key(cfg.seed)
     load_start = timing.cpu_load()
     rows, comparisons = [], []
-    k_f, k_t, k_p = jax.random.split(key, 3)
+    k_f, k_t, k_p, k_m = jax.random.split(key, 4)
     if "forward" in cfg.sections:
         log("benchmark: forward ...")
         r, c = bench_forward(cfg, k_f)
@@ -444,6 +514,9 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         r, c = bench_pipelines(cfg, k_p)
         rows += r
         comparisons += c
+    if "memory" in cfg.sections:
+        log("benchmark: compiled memory of the train step (lower + compile only) ...")
+        rows += bench_memory(cfg, k_m)
     env = environment()
     env.update(load_avg_1min_start=load_start, load_avg_1min_end=timing.cpu_load(),
                threads=cfg.threads_note)

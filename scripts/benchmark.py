@@ -7,8 +7,11 @@ Examples (each finishes in a few minutes on a 2-core laptop):
     python scripts/benchmark.py --sections forward --models KDSRs-M --threads 2
     # ... and the plain model.apply side by side (what super_resolve gains):
     python scripts/benchmark.py --sections forward --models KDSRs-M --jax-paths super_resolve,apply
-    # the teacher train step at batch 4 / 48x48:
-    python scripts/benchmark.py --sections train
+    # the teacher train step at batch 4 / 48x48, with and without remat:
+    python scripts/benchmark.py --sections train --train-remat both
+    # compiled memory of the official classic teacher step (batch 64, HR 256), with and
+    # without remat (lower + compile only):
+    python scripts/benchmark.py --sections memory
     # bfloat16 compute as well, on an accelerator:
     python scripts/benchmark.py --sections forward --dtypes float32,bfloat16
     # the degradation pipelines as a share of the official-size steps they feed
@@ -37,7 +40,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks import timing  # noqa: E402  (imports jax, starts no backend)
 
-SECTIONS = ("forward", "train", "pipelines")
+SECTIONS = ("forward", "train", "pipelines", "memory")
+DEFAULT_SECTIONS = ("forward", "train", "pipelines")
 
 
 def _csv(s: str) -> tuple[str, ...]:
@@ -60,8 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--sections", type=_csv, default=SECTIONS,
-                   help="comma list of forward,train,pipelines (default: all)")
+    p.add_argument("--sections", type=_csv, default=DEFAULT_SECTIONS,
+                   help="comma list of forward,train,pipelines,memory (default: "
+                        "forward,train,pipelines)")
     p.add_argument("--models", type=_csv, default=("KDSRs-M", "KDSRs-L", "KDSR-GAN"),
                    help="student presets for the forward section (default: "
                         "KDSRs-M,KDSRs-L,KDSR-GAN; 'tiny' for a quick check)")
@@ -92,6 +97,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train steps to time: 'model' (self-contained L1+Adam step on ready "
                         "LR/HR) and/or 'project' (kdsr_jax.train classic teacher step, LR "
                         "synthesis included) (default: both)")
+    p.add_argument("--train-remat", default="off", choices=("off", "on", "both"),
+                   help="time the 'model' train step with activation rematerialisation "
+                        "(build_model(remat=True)): off, on or both (default off)")
+    p.add_argument("--memory-model", default="KDSRs-M",
+                   help="memory-section teacher preset (default KDSRs-M)")
+    p.add_argument("--memory-batch", type=int, default=64,
+                   help="memory-section batch (default 64, the official classic batch)")
+    p.add_argument("--memory-hr-size", type=int, default=256,
+                   help="memory-section HR patch side (default 256, official)")
     p.add_argument("--pipelines", type=_csv, default=("classic", "realesrgan"),
                    help="degradation pipelines to time: classic,realesrgan (default: both)")
     p.add_argument("--pipeline-batch", type=int, default=16, help="pipeline batch (default 16)")
@@ -127,6 +141,8 @@ def main(argv=None) -> int:
             torch=args.torch, warmup=args.warmup, iters=args.iters,
             train_model=args.train_model, train_batch=args.train_batch,
             train_lr_size=args.train_lr_size, train_steps=args.train_steps,
+            train_remat=args.train_remat, memory_model=args.memory_model,
+            memory_batch=args.memory_batch, memory_hr_size=args.memory_hr_size,
             pipelines=args.pipelines, pipeline_batch=args.pipeline_batch,
             classic_hr_size=args.classic_hr_size, realesrgan_gt_size=args.realesrgan_gt_size,
             pipeline_teacher=args.pipeline_teacher, pipeline_student=args.pipeline_student,

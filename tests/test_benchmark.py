@@ -90,6 +90,17 @@ def test_forward_section_runs_super_resolve_and_optionally_the_plain_apply():
         runner.BenchConfig(jax_paths=("fast",)).validate()
 
 
+def test_memory_section_compiles_with_and_without_remat_and_remat_saves_less():
+    """Lower + compile only; remat keeps fewer residuals for the backward pass."""
+    cfg = runner.BenchConfig(sections=("memory",), memory_model="tiny", memory_batch=2,
+                             memory_hr_size=32, torch="off")
+    rows = runner.bench_memory(cfg, jax.random.key(0))
+    assert [r["remat"] for r in rows] == [False, True]
+    plain, remat = rows
+    assert 0 < remat["residual_bytes"] < plain["residual_bytes"]
+    assert plain["peak_bytes"] > 0 and "saved for backward" in plain["note"]
+
+
 def test_time_interleaved_alternates_the_calls():
     order = []
     timed = timing.time_interleaved({"a": lambda: order.append("a") or 1,
