@@ -118,6 +118,31 @@ def test_plain_apply_never_packs_and_super_resolve_packs_only_where_it_pays(monk
     assert len(generator_calls) == 1
 
 
+@pytest.mark.parametrize("canvas_w", [24, 128])     # packed G / modules with masks
+def test_generate_on_a_masked_canvas_equals_g_on_each_image_alone(canvas_w):
+    spec = preset("tiny", scale=2)
+    variables = init_variables(spec, jax.random.key(5))
+    model = build_model(spec)
+    sizes = [(13, 21), (16, 9)]
+    rng = np.random.default_rng(6)
+    images = [rng.random((h, w, 3), np.float32) for h, w in sizes]
+    canvas = np.zeros((2, 16, canvas_w, 3), np.float32)
+    for i, im in enumerate(images):
+        canvas[i, :im.shape[0], :im.shape[1]] = im
+    idr = _random((2, 16), 7)
+    fn = jax.jit(inference.generate, static_argnums=0)
+    got = np.asarray(fn(model, variables, jnp.asarray(canvas), idr, jnp.asarray(sizes)))
+    want_how = "packed" if canvas_w < cpu_conv.NARROW_WIDTH else "packed-convs"
+    if jax.default_backend() == "cpu":
+        assert inference.formulation(model, canvas) == want_how
+    for i, (h, w) in enumerate(sizes):
+        alone = model.apply(variables, jnp.asarray(images[i][None]), idr[i:i + 1],
+                            method="generate")
+        np.testing.assert_allclose(got[i, :2 * h, :2 * w], np.asarray(alone)[0],
+                                   rtol=0, atol=2e-6)
+        assert not got[i, 2 * h:].any() and not got[i, :, 2 * w:].any()
+
+
 def test_super_resolve_rejects_wrong_models_and_inputs_in_one_line():
     student = build_model(preset("tiny", scale=2))
     teacher = build_model(preset("tiny", kind="teacher", scale=2))

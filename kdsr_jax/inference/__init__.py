@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from kdsr_jax.inference import cpu_conv, packed
 
-__all__ = ["super_resolve", "formulation", "strip_packed_convs"]
+__all__ = ["super_resolve", "generate", "formulation", "strip_packed_convs"]
 
 
 @contextlib.contextmanager
@@ -73,14 +73,44 @@ def formulation(model, lr) -> str:
     return "packed-convs"
 
 
-def _check_inputs(model, lr, hr):
+@contextlib.contextmanager
+def _canvas_masks(valid_hw, canvas_hw):
+    """Module-path twin of `packed.generator`'s `valid_hw`: every 4-D feature map that
+    enters or leaves a submodule is zeroed outside each image's valid region, scaled to
+    the map's resolution (the LR canvas is `canvas_hw`)."""
+
+    ch, cw = canvas_hw
+
+    def mask(x):
+        if getattr(x, "ndim", 0) != 4 or x.shape[1] < ch or x.shape[1] % ch:
+            return x                                      # not a feature map (e.g. kernels)
+        factor = x.shape[1] // ch
+        return packed.mask_outside(x, valid_hw, factor) if x.shape[2] == cw * factor else x
+
+    def interceptor(next_fun, args, kwargs, context):
+        return mask(next_fun(*[mask(a) for a in args], **kwargs))
+
+    with nn.intercept_methods(interceptor):
+        yield
+
+
+def _check_model(model):
     spec = getattr(model, "spec", None)
     if spec is None or spec.kind not in ("student", "teacher"):
         raise ValueError("super_resolve needs a KDSR SR model (student or teacher), got "
                          f"{type(model).__name__}"
                          + (f" of kind {spec.kind!r}" if spec is not None else ""))
+    return spec
+
+
+def _check_lr(lr):
     if getattr(lr, "ndim", None) != 4 or lr.shape[-1] != 3:
         raise ValueError(f"lr must be (B, h, w, 3), got shape {getattr(lr, 'shape', None)}")
+
+
+def _check_inputs(model, lr, hr):
+    spec = _check_model(model)
+    _check_lr(lr)
     if spec.kind == "teacher" and hr is None:
         raise ValueError("a KDSR teacher needs the HR image as well: "
                          "super_resolve(model, variables, lr, hr)")
@@ -107,5 +137,30 @@ def super_resolve(model, variables, lr: jax.Array, hr: jax.Array | None = None) 
         if how == "packed-convs":
             return model.apply(variables, *args)
         idr, _ = model.apply(variables, *args, method="encode")
-    g = model.bind({"params": variables["params"]}).G
-    return packed.generator(g, variables["params"]["G"], lr, idr)
+    return generate(model, variables, lr, idr)
+
+
+def generate(model, variables, lr: jax.Array, idr: jax.Array,
+             valid_hw: jax.Array | None = None) -> jax.Array:
+    """G alone on a given IDR, the fastest way for the backend: equal to
+    `model.apply(variables, lr, idr, method='generate')`. lr (B, h, w, 3), idr (B, C)
+    -> sr (B, s h, s w, 3) float32.
+
+    `valid_hw` (B, 2) int, optional: image b fills only the top-left `valid_hw[b]` of
+    the canvas `lr`; every feature map is then zero outside it, so the result inside
+    `s * valid_hw[b]` is G on that image alone (zero padding at its true border; the
+    tiling Runner's bucketed canvases). Zero outside. Raises ValueError like
+    `super_resolve`."""
+    _check_model(model)
+    _check_lr(lr)
+    how = formulation(model, lr)
+    if how == "packed":
+        g = model.bind({"params": variables["params"]}).G
+        vhw = None if valid_hw is None else jnp.asarray(valid_hw, jnp.int32)
+        return packed.generator(g, variables["params"]["G"], lr, idr, vhw)
+    with contextlib.ExitStack() as stack:
+        if how == "packed-convs":
+            stack.enter_context(strip_packed_convs())   # outside the masks: see there
+        if valid_hw is not None:
+            stack.enter_context(_canvas_masks(jnp.asarray(valid_hw, jnp.int32), lr.shape[1:3]))
+        return model.apply(variables, lr, idr, method="generate")

@@ -29,6 +29,7 @@ cannot be the modules' NHWC code. `tests/test_packed.py` holds it equal to the m
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +45,17 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where each pixel of a (batch, height, width, C) map lives in the packed layout."""
+    """Where each pixel of a (batch, height, width, C) map lives in the packed layout.
+    `valid_hw` (B, 2) int, optional: each image's true size at the top-left of its
+    (height, width) canvas; everything outside it is then treated like the outside of
+    the image (zero), as the tiling Runner's masked canvases need."""
 
     batch: int
     height: int
     width: int
     strips: int
     rows: int
+    valid_hw: Any = dataclasses.field(default=None, compare=False)
 
     @property
     def strip_width(self) -> int:
@@ -60,23 +65,39 @@ class Layout:
     def packed_width(self) -> int:
         return self.batch * self.strips * self.strip_width + 1  # + a closing zero column
 
-    def valid(self, halo: int) -> np.ndarray:
+    def valid(self, halo: int):
         """(1, rows + 2 halo, packed_width, 1) float32: 1 on image pixels, 0 on gap
-        columns, filler rows and rows beyond the image border."""
+        columns, filler rows and rows beyond the image border (or outside `valid_hw`)."""
         r = np.arange(-halo, self.rows + halo)
-        image_row = np.arange(self.strips)[:, None] * self.rows + r[None, :]
-        row_ok = (image_row >= 0) & (image_row < self.height)            # (k, R)
-        col_ok = np.arange(self.strip_width) > 0                          # (W+1,)
-        m = row_ok[:, :, None] & col_ok[None, None, :]                     # (k, R, W+1)
-        m = np.broadcast_to(m[None], (self.batch,) + m.shape).transpose(2, 0, 1, 3)
-        m = m.reshape(r.size, self.packed_width - 1)
-        m = np.pad(m, ((0, 0), (0, 1)))                                    # closing column
+        image_row = np.arange(self.strips)[:, None] * self.rows + r[None, :]   # (k, R)
+        image_col = np.arange(self.strip_width) - 1                  # (W+1,), -1: the gap
+        if self.valid_hw is None:
+            h, w, xp = np.full((self.batch, 1, 1), self.height), np.full(
+                (self.batch, 1), self.width), np
+        else:
+            h, w, xp = self.valid_hw[:, 0, None, None], self.valid_hw[:, 1, None], jnp
+        row_ok = (image_row >= 0) & (image_row < h)                            # (B, k, R)
+        col_ok = (image_col >= 0) & (image_col < w)                            # (B, W+1)
+        m = row_ok[:, :, :, None] & col_ok[:, None, None, :]                   # (B, k, R, W+1)
+        m = m.transpose(2, 0, 1, 3).reshape(r.size, self.packed_width - 1)
+        m = xp.pad(m, ((0, 0), (0, 1)))                                        # closing column
         return m.reshape(1, r.size, self.packed_width, 1).astype(np.float32)
 
 
-def layout_for(batch: int, height: int, width: int) -> Layout:
+def layout_for(batch: int, height: int, width: int, valid_hw=None) -> Layout:
+    """The packed layout of a (batch, height, width, C) map (`Layout`)."""
     strips = cpu_conv.strips_for(batch, height, width, 3)
-    return Layout(batch, height, width, strips, -(-height // strips))
+    return Layout(batch, height, width, strips, -(-height // strips), valid_hw)
+
+
+def mask_outside(x: jax.Array, valid_hw, factor: int) -> jax.Array:
+    """x (B, H, W, C) with everything outside each image's `valid_hw * factor` zeroed;
+    x itself when `valid_hw` is None."""
+    if valid_hw is None:
+        return x
+    rows = jnp.arange(x.shape[1])[None, :, None] < valid_hw[:, 0, None, None] * factor
+    cols = jnp.arange(x.shape[2])[None, None, :] < valid_hw[:, 1, None, None] * factor
+    return x * (rows & cols)[..., None].astype(x.dtype)
 
 
 def applies(x: jax.Array) -> bool:
@@ -154,13 +175,19 @@ def dynamic_conv_act(e2: jax.Array, kernels: jax.Array, lay: Layout) -> jax.Arra
 
 # --------------------------------------------------------------------- networks --
 
-def generator(g: Generator, params, lr: jax.Array, idr: jax.Array) -> jax.Array:
+def generator(g: Generator, params, lr: jax.Array, idr: jax.Array,
+              valid_hw: jax.Array | None = None) -> jax.Array:
     """`g.apply({'params': params}, lr, idr)` (float32) with G's LR part (head, blocks,
     body conv, first upsampling conv) on the packed layout: lr (B, h, w, 3), idr (B, C)
-    -> sr (B, s h, s w, 3)."""
+    -> sr (B, s h, s w, 3).
+
+    `valid_hw` (B, 2) int, optional: image b fills only the top-left `valid_hw[b]` of
+    its canvas; every feature map is then zero outside it, as if G ran on that image
+    alone (zero padding at its true border), the way the tiling Runner's masked canvas
+    execution runs the modules. The output is zero outside `s * valid_hw`."""
     stages = upsampler_stages(g.scale)
     ddc = IDRDDC(g.n_feats, g.impl, jnp.float32)
-    lay = layout_for(*lr.shape[:3])
+    lay = layout_for(*lr.shape[:3], valid_hw=valid_hw)
     x = lr + mean_shift_bias(g.rgb_range, -1)
     f0 = conv(pack(x, lay, 1), params["head"])
     e = extend(f0, lay, 2)
@@ -172,10 +199,14 @@ def generator(g: Generator, params, lr: jax.Array, idr: jax.Array) -> jax.Array:
         a = dynamic_conv_act(e, kernels, lay)
         e = extend(conv(a, block["conv"]) + interior(e, lay, 2), lay, 2)
     e = extend(conv(e[:, 1:-1], params["body_conv"]) + f0, lay, 1)     # halo 2 -> 1
-    r = pixel_shuffle(unpack(conv(e, params["up_0"]), lay), stages[0])
-    for k, factor in enumerate(stages[1:], start=1):
-        r = pixel_shuffle(_plain_conv(r, params[f"up_{k}"]), factor)
-    return _plain_conv(r, params["tail"]) + mean_shift_bias(g.rgb_range, +1)
+    factor = stages[0]
+    r = pixel_shuffle(mask_outside(unpack(conv(e, params["up_0"]), lay), valid_hw, 1), factor)
+    for k, stage in enumerate(stages[1:], start=1):
+        r = mask_outside(_plain_conv(r, params[f"up_{k}"]), valid_hw, factor)
+        r = pixel_shuffle(r, stage)
+        factor *= stage
+    y = mask_outside(_plain_conv(r, params["tail"]), valid_hw, factor)
+    return mask_outside(y + mean_shift_bias(g.rgb_range, +1), valid_hw, factor)
 
 
 def _plain_conv(x, params):
