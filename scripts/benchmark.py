@@ -2,14 +2,21 @@
 """Benchmark KDSR in JAX: student forward (vs a PyTorch twin), train steps, and the
 degradation pipelines. Prints a table; `--json PATH` also writes the full report.
 
-Examples:
-    # KDSRs-M student at LR 64x64, batch 1, 2 threads, JAX vs PyTorch, plus the teacher
-    # train step at batch 4 / 48x48:
-    python scripts/benchmark.py --models KDSRs-M --sections forward,train --threads 2
-    # everything with the defaults (heavy on a CPU):
-    python scripts/benchmark.py --json bench.json
+Examples (each finishes in a few minutes on a 2-core laptop):
+    # KDSRs-M student at LR 64x64, batch 1, 2 threads, JAX (super_resolve) vs PyTorch:
+    python scripts/benchmark.py --sections forward --models KDSRs-M --threads 2
+    # ... and the plain model.apply side by side (what super_resolve gains):
+    python scripts/benchmark.py --sections forward --models KDSRs-M --jax-paths super_resolve,apply
+    # the teacher train step at batch 4 / 48x48, with and without remat:
+    python scripts/benchmark.py --sections train --train-remat both
+    # compiled memory of the official classic teacher step (batch 64, HR 256), with and
+    # without remat (lower + compile only):
+    python scripts/benchmark.py --sections memory
     # bfloat16 compute as well, on an accelerator:
     python scripts/benchmark.py --sections forward --dtypes float32,bfloat16
+    # the degradation pipelines as a share of the official-size steps they feed
+    # (opt-in: an accelerator, or a CPU with ~20 GB and over 15 minutes):
+    python scripts/benchmark.py --sections pipelines --step-ratio
 
 Threads: `--threads N` restricts this process's CPU affinity to N CPUs before JAX
 starts (XLA sizes its CPU thread pool from the affinity mask) and calls
@@ -17,15 +24,24 @@ starts (XLA sizes its CPU thread pool from the affinity mask) and calls
 machine shared with other jobs (load average above the CPU count, printed at the end),
 torch's multi-threaded CPU kernels degrade much more than XLA's (their worker threads
 wait for each other at every op), so compare at `--threads 1` there as well.
-See `kdsr_jax/bench/runner.py` for what each section measures.
+See `benchmarks/runner.py` for what each section measures and `benchmarks/README.md`
+for measured numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
-SECTIONS = ("forward", "train", "pipelines")
+# The benchmark code lives in the top-level `benchmarks/` package of the repository,
+# not in the installed kdsr_jax package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import timing  # noqa: E402  (imports jax, starts no backend)
+
+SECTIONS = ("forward", "train", "pipelines", "memory")
+DEFAULT_SECTIONS = ("forward", "train", "pipelines")
 
 
 def _csv(s: str) -> tuple[str, ...]:
@@ -48,8 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--sections", type=_csv, default=SECTIONS,
-                   help="comma list of forward,train,pipelines (default: all)")
+    p.add_argument("--sections", type=_csv, default=DEFAULT_SECTIONS,
+                   help="comma list of forward,train,pipelines,memory (default: "
+                        "forward,train,pipelines)")
     p.add_argument("--models", type=_csv, default=("KDSRs-M", "KDSRs-L", "KDSR-GAN"),
                    help="student presets for the forward section (default: "
                         "KDSRs-M,KDSRs-L,KDSR-GAN; 'tiny' for a quick check)")
@@ -59,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4), help="SR scale (default 4)")
     p.add_argument("--dtypes", type=_csv, default=("float32",),
                    help="forward compute dtypes: float32[,bfloat16] (default float32)")
+    p.add_argument("--jax-paths", type=_csv, default=("super_resolve",),
+                   help="JAX formulations to time: super_resolve (kdsr_jax.inference, the "
+                        "fastest for the backend) and/or apply (the plain model.apply) "
+                        "(default super_resolve)")
     p.add_argument("--dynconv", default="auto", choices=("auto", "shift", "grouped"),
                    help="dynamic-conv formulation of the JAX model (default auto)")
     p.add_argument("--torch", default="auto", choices=("auto", "on", "off"),
@@ -76,6 +97,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train steps to time: 'model' (self-contained L1+Adam step on ready "
                         "LR/HR) and/or 'project' (kdsr_jax.train classic teacher step, LR "
                         "synthesis included) (default: both)")
+    p.add_argument("--train-remat", default="off", choices=("off", "on", "both"),
+                   help="time the 'model' train step with activation rematerialisation "
+                        "(build_model(remat=True)): off, on or both (default off)")
+    p.add_argument("--memory-model", default="KDSRs-M",
+                   help="memory-section teacher preset (default KDSRs-M)")
+    p.add_argument("--memory-batch", type=int, default=64,
+                   help="memory-section batch (default 64, the official classic batch)")
+    p.add_argument("--memory-hr-size", type=int, default=256,
+                   help="memory-section HR patch side (default 256, official)")
     p.add_argument("--pipelines", type=_csv, default=("classic", "realesrgan"),
                    help="degradation pipelines to time: classic,realesrgan (default: both)")
     p.add_argument("--pipeline-batch", type=int, default=16, help="pipeline batch (default 16)")
@@ -87,8 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="teacher preset whose step the classic pipeline is compared to")
     p.add_argument("--pipeline-student", default="KDSR-GAN",
                    help="student preset whose step the Real-ESRGAN pipeline is compared to")
-    p.add_argument("--no-step-ratio", action="store_true",
-                   help="skip the model steps the pipelines are compared to")
+    p.add_argument("--step-ratio", action="store_true",
+                   help="also time the official-size model steps the pipelines feed (KDSRs-M "
+                        "teacher, KDSR-GAN student with KD, at --pipeline-batch); on a CPU "
+                        "this needs about 20 GB of memory and over 15 minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", default=None, help="also write the full report as JSON here")
     return p.parse_args(argv)
@@ -97,22 +129,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        # Before anything imports JAX's CPU backend (see kdsr_jax/bench/timing.py).
-        from kdsr_jax.bench import timing
-
+        # Before JAX starts its CPU backend (see benchmarks/timing.py).
         threads_note = timing.limit_cpu_threads(args.threads)
-        from kdsr_jax.bench import runner
+        # Imported after the thread limit: importing the models may compute constants.
+        from benchmarks import runner
 
         cfg = runner.BenchConfig(
             sections=args.sections, models=args.models, lr_size=args.lr_size,
-            batch=args.batch, scale=args.scale, dtypes=args.dtypes, dynconv=args.dynconv,
+            batch=args.batch, scale=args.scale, dtypes=args.dtypes, jax_paths=args.jax_paths,
+            dynconv=args.dynconv,
             torch=args.torch, warmup=args.warmup, iters=args.iters,
             train_model=args.train_model, train_batch=args.train_batch,
             train_lr_size=args.train_lr_size, train_steps=args.train_steps,
+            train_remat=args.train_remat, memory_model=args.memory_model,
+            memory_batch=args.memory_batch, memory_hr_size=args.memory_hr_size,
             pipelines=args.pipelines, pipeline_batch=args.pipeline_batch,
             classic_hr_size=args.classic_hr_size, realesrgan_gt_size=args.realesrgan_gt_size,
             pipeline_teacher=args.pipeline_teacher, pipeline_student=args.pipeline_student,
-            step_ratio=not args.no_step_ratio, seed=args.seed, threads_note=threads_note)
+            step_ratio=args.step_ratio, seed=args.seed, threads_note=threads_note)
         report = runner.run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
         print(runner.format_table(report))
         if args.json:

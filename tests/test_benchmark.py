@@ -1,21 +1,23 @@
-"""Tests for the benchmark (scripts/benchmark.py, kdsr_jax/bench): a fast smoke run on
+"""Tests for the benchmark (scripts/benchmark.py, benchmarks/): a fast smoke run on
 the 'tiny' preset, report/JSON structure, error handling, and the PyTorch twin's
 equality with the JAX model and with the official fixtures."""
 
 import importlib.util
 import json
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdsr_jax.bench import runner, timing
 from kdsr_jax.models import build_model, init_variables
 from kdsr_jax.models.spec import preset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # the top-level benchmarks/ package is not installed
+from benchmarks import runner, timing  # noqa: E402
 TWIN_TOL = 2e-5  # fixtures README "Model outputs": max abs <= 2e-5
 
 
@@ -72,6 +74,33 @@ def test_forward_section_times_jax_and_the_torch_twin_per_dtype():
         assert c["jax_over_torch_min"] == pytest.approx(c["jax_min_s"] / c["torch_min_s"])
 
 
+def test_forward_section_runs_super_resolve_and_optionally_the_plain_apply():
+    """The JAX rows time `inference.super_resolve` (named with its formulation); with
+    jax_paths the plain model.apply runs side by side with the same output."""
+    cfg = runner.BenchConfig(sections=("forward",), models=("tiny",), lr_size=(8, 12),
+                             jax_paths=("super_resolve", "apply"), torch="off", warmup=0,
+                             iters=1)
+    rows, comparisons = runner.bench_forward(cfg, jax.random.key(0))
+    assert [r["jax_path"] for r in rows] == ["super_resolve", "apply"] and not comparisons
+    want = "packed" if jax.default_backend() == "cpu" else "plain"
+    assert rows[0]["note"] == f"super_resolve ({want})"
+    assert rows[1]["note"].startswith("model.apply (plain); max|apply float32 - jax")
+    assert rows[1]["max_abs_diff"] <= 2e-6
+    with pytest.raises(ValueError, match="jax paths"):
+        runner.BenchConfig(jax_paths=("fast",)).validate()
+
+
+def test_memory_section_compiles_with_and_without_remat_and_remat_saves_less():
+    """Lower + compile only; remat keeps fewer residuals for the backward pass."""
+    cfg = runner.BenchConfig(sections=("memory",), memory_model="tiny", memory_batch=2,
+                             memory_hr_size=32, torch="off")
+    rows = runner.bench_memory(cfg, jax.random.key(0))
+    assert [r["remat"] for r in rows] == [False, True]
+    plain, remat = rows
+    assert 0 < remat["residual_bytes"] < plain["residual_bytes"]
+    assert plain["peak_bytes"] > 0 and "saved for backward" in plain["note"]
+
+
 def test_time_interleaved_alternates_the_calls():
     order = []
     timed = timing.time_interleaved({"a": lambda: order.append("a") or 1,
@@ -88,22 +117,10 @@ def test_cli_reports_bad_arguments_as_one_line_error(capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
 
 
-def test_pipelines_section_skips_with_message_when_modules_are_missing(monkeypatch):
-    """Without the degradation modules the section reports 'skipped' rows, no crash."""
-    monkeypatch.setattr(runner, "_import_degradation", lambda name: f"no {name} here")
-    cfg = runner.BenchConfig(sections=("pipelines",), iters=1, warmup=0)
-    report = runner.run(cfg, log=lambda m: None)
-    notes = [r["note"] for r in report["results"]]
-    assert notes == ["skipped: module not available (no classic here)",
-                     "skipped: module not available (no realesrgan here)"]
-    assert "skipped" in runner.format_table(report)
-
-
 def test_classic_pipeline_smoke_reports_images_per_second(capsys):
     """pipelines section, classic only, tiny sizes, no model-step ratio."""
-    pytest.importorskip("kdsr_jax.degradation.classic")
     rc = _cli().main(["--sections", "pipelines", "--pipelines", "classic", "--pipeline-batch", "2",
-                      "--classic-hr-size", "32", "--no-step-ratio", "--iters", "2",
+                      "--classic-hr-size", "32", "--iters", "2",
                       "--warmup", "0", "--torch", "off"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -135,7 +152,7 @@ def test_torch_twin_equals_jax_model_on_tiny(kind, scale):
     pytest.importorskip("torch")
     import torch
 
-    from kdsr_jax.bench import torch_twin
+    from benchmarks import torch_twin
 
     spec = preset("tiny", kind=kind, scale=scale)
     variables = init_variables(spec, jax.random.key(3))
@@ -157,7 +174,7 @@ def test_torch_twin_reproduces_official_fixture_output(fixtures_dir, name, kind,
     """Fixture <name> (.pth weights, .npz eval_sr): the twin, strict-loaded with the
     official state dict, matches the official eval output within 2e-5."""
     torch = pytest.importorskip("torch")
-    from kdsr_jax.bench import torch_twin
+    from benchmarks import torch_twin
 
     cfg = json.loads(str(np.load(fixtures_dir / f"{name}.npz")["config_json"]))
     z = np.load(fixtures_dir / f"{name}.npz")

@@ -1,6 +1,6 @@
 """Unit tests of the Flax KDSR modules: pixel (un)shuffle order, dynamic conv
-formulations, bilinear x2, parameter counts of the presets (reference/ARCHITECTURE.md §6),
-the model interface of the team contract, and bf16 compute."""
+formulations, bilinear x2, parameter counts of the presets (the official torch totals),
+the model interface of the team contract, bf16 compute and activation rematerialisation."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,8 @@ from kdsr_jax.models import (MEANSHIFT_TORCH_PARAMS, ModelSpec, abstract_variabl
 from kdsr_jax.models import dynconv
 from kdsr_jax.models.layers import pixel_shuffle, pixel_unshuffle, upsample2x_bilinear
 
-# reference/ARCHITECTURE.md §6: official torch totals (incl. the 24 MeanShift values).
+# Official torch totals, `sum(p.numel())` of the official modules (incl. the 24 MeanShift
+# values).
 TORCH_TOTALS = {
     ("KDSRs-M", "teacher", 4): 5_822_747,
     ("KDSRs-M", "student", 4): 5_795_099,
@@ -24,7 +25,7 @@ TORCH_TOTALS = {
     ("KDSRs-M", "student", 2): 5_647_387,
     ("KDSRs-M", "student", 3): 5_832_027,
 }
-GENERATOR_M = 4_463_963   # §6 "G" column, KDSRs-M (incl. MeanShift)
+GENERATOR_M = 4_463_963   # official G (`KDSR`) of KDSRs-M (incl. MeanShift)
 ENCODER_M = {"teacher": 1_358_784, "student": 1_331_136}
 DISCRIMINATOR_64 = 4_376_897
 
@@ -280,3 +281,42 @@ def test_init_variables_can_be_traced_by_eval_shape():
     shapes = jax.eval_shape(lambda k: init_variables(spec, k), jax.random.key(0))
     assert shapes["spectral"]["conv1"]["v"].shape == (8 * 4 * 4,)
     assert count_params(shapes) == count_params(abstract_variables(spec))
+
+
+@pytest.mark.parametrize("kind", ["student", "teacher"])
+def test_remat_keeps_parameters_outputs_and_gradients(kind):
+    """remat=True wraps IDR-DCRBs and KD-IDE ResBlocks in nn.remat: same parameter tree,
+    the same output and the same gradients as without."""
+    spec = preset("tiny", kind=kind, scale=2)
+    plain, remat = build_model(spec), build_model(spec, remat=True)
+    lr = jnp.asarray(rng(7).random((2, 8, 10, 3), np.float32))
+    inputs = (lr,) if kind == "student" else (
+        lr, jnp.asarray(rng(8).random((2, 16, 20, 3), np.float32)))
+    v = init_variables(spec, jax.random.key(4))
+    shapes = jax.eval_shape(remat.init, jax.random.key(0), *inputs)
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(v)
+    assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(lambda a: a.shape, v)
+
+    def loss(model):
+        def f(params):
+            sr, feats = model.apply({"params": params}, *inputs, return_features=True)
+            return jnp.sum(jnp.sin(3.0 * sr)) + jnp.sum(feats["fea"] ** 2)
+        return jax.jit(jax.value_and_grad(f))
+
+    (l_plain, g_plain), (l_remat, g_remat) = loss(plain)(v["params"]), loss(remat)(v["params"])
+    assert float(l_remat) == float(l_plain)
+    # equal up to float32 summation order (XLA fuses the recomputed blocks differently)
+    for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # The remat program really recomputes: jax.checkpoint's recomputation sits behind an
+    # optimization barrier (prevent_cse), which the plain program has none of.
+    def hlo(model):
+        return jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, *inputs)))).lower(
+            v["params"]).as_text()
+    assert "optimization_barrier" in hlo(remat)
+    assert "optimization_barrier" not in hlo(plain)
+
+
+def test_remat_is_for_sr_models_only():
+    with pytest.raises(ValueError, match="not to the discriminator"):
+        build_model(ModelSpec(kind="discriminator", setting="gan"), remat=True)

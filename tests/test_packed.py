@@ -1,14 +1,16 @@
-"""G's packed CPU path (kdsr_jax.models.packed): the layout round-trips, halos hold the
-neighbouring rows, and `Generator` / the SR wrappers give the module-by-module values
-and gradients, taking the packed path exactly where it is meant to apply."""
+"""The CPU inference formulations (kdsr_jax.inference): the packed layout round-trips,
+halos hold the neighbouring rows, the packed generator and `super_resolve` give exactly
+the plain `model.apply` values, and each formulation is taken exactly where it applies."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdsr_jax.models import build_model, cpu_conv, init_variables, packed
-from kdsr_jax.models.kdsr import Generator, upsampler_stages
+from kdsr_jax import inference
+from kdsr_jax.inference import cpu_conv, packed
+from kdsr_jax.models import build_model, init_variables
+from kdsr_jax.models.kdsr import Generator
 from kdsr_jax.models.spec import preset
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU-only path")
@@ -52,74 +54,114 @@ def test_extend_halo_rows_are_the_neighbouring_image_rows(b, h, w):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("b,h,w", SHAPES[1:])
 def test_packed_generator_equals_module_generator(scale, b, h, w):
-    g = Generator(8, 3, scale, impl="shift")
+    g = Generator(8, 3, scale)
     lr = jnp.asarray(np.random.default_rng(2).random((b, h, w, 3), np.float32))
     idr = _random((b, 8), 3)
     params = g.init(jax.random.key(0), lr, idr)["params"]
-    want = g.apply({"params": params}, lr, idr)
-    got = jax.jit(packed.generator, static_argnums=(3, 4, 5))(
-        params, lr, idr, 3, tuple(upsampler_stages(scale)), 1.0)
+    want = jax.jit(g.apply)({"params": params}, lr, idr)
+    got = jax.jit(packed.generator, static_argnums=0)(g, params, lr, idr)
     assert got.shape == want.shape == (b, scale * h, scale * w, 3)
+    # XLA may fuse the bias adds differently in the two programs (one rounding step)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6)
 
 
-def _count_packed_calls(monkeypatch):
+def _spy(monkeypatch, module, name):
     calls = []
-    original = packed.generator
-    monkeypatch.setattr(packed, "generator", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
 @on_cpu
 @pytest.mark.parametrize("kind", ["student", "teacher"])
-def test_sr_models_take_the_packed_path_with_module_values_and_gradients(kind, monkeypatch):
+def test_super_resolve_takes_the_packed_path_with_the_plain_values(kind, monkeypatch):
     spec = preset("tiny", kind=kind, scale=2)
     variables = init_variables(spec, jax.random.key(1))
     lr = jnp.asarray(np.random.default_rng(4).random((2, 12, 20, 3), np.float32))
-    inputs = (lr,) if kind == "student" else (
-        lr, jnp.asarray(np.random.default_rng(5).random((2, 24, 40, 3), np.float32)))
-    fast, plain = build_model(spec), build_model(spec.replace(dynconv="shift"))
-    calls = _count_packed_calls(monkeypatch)
-    got, feats = fast.apply(variables, *inputs, return_features=True)
-    assert calls, "dynconv='auto' on CPU should run G through models.packed"
-    want, want_feats = plain.apply(variables, *inputs, return_features=True)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6)
-    np.testing.assert_array_equal(np.asarray(feats["idr"]), np.asarray(want_feats["idr"]))
-
-    def loss(model):
-        return lambda v: jnp.sum(jnp.sin(3.0 * model.apply(v, *inputs)))
-
-    g_fast, g_plain = jax.grad(loss(fast))(variables), jax.grad(loss(plain))(variables)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    hr = None if kind == "student" else jnp.asarray(
+        np.random.default_rng(5).random((2, 24, 40, 3), np.float32))
+    model = build_model(spec)
+    generator_calls = _spy(monkeypatch, packed, "generator")
+    conv_calls = _spy(monkeypatch, cpu_conv, "packed_conv")
+    got = jax.jit(inference.super_resolve, static_argnums=0)(model, variables, lr, hr)
+    assert generator_calls, "float32 on CPU should run G through inference.packed"
+    assert conv_calls, "KD-IDE's narrow convs should be strip-packed"
+    want = jax.jit(model.apply)(variables, *((lr,) if hr is None else (lr, hr)))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 @on_cpu
-def test_packed_path_is_skipped_where_it_must_not_run(monkeypatch):
+def test_plain_apply_never_packs_and_super_resolve_packs_only_where_it_pays(monkeypatch):
     spec = preset("tiny", scale=2)
     variables = init_variables(spec, jax.random.key(2))
     lr = jnp.full((1, 10, 12, 3), 0.5, jnp.float32)
-    calls = _count_packed_calls(monkeypatch)
-    build_model(spec).init(jax.random.key(0), lr)                              # initialising
-    build_model(spec).apply(variables, lr, mutable=["intermediates"])           # recording
-    build_model(spec, jnp.bfloat16).apply(variables, lr)                        # other dtype
-    build_model(spec.replace(dynconv="shift")).apply(variables, lr)             # explicit impl
     wide = jnp.full((1, 4, cpu_conv.NARROW_WIDTH, 3), 0.5, jnp.float32)
-    build_model(spec).apply(variables, wide)                                    # wide image
-    assert not calls
-    cpu_conv.set_packing(False)
-    try:
-        build_model(spec).apply(variables, lr)                                  # packing off
-    finally:
-        cpu_conv.set_packing(True)
-    assert not calls
-    build_model(spec).apply(variables, lr)
-    assert len(calls) == 1
+    generator_calls = _spy(monkeypatch, packed, "generator")
+    conv_calls = _spy(monkeypatch, cpu_conv, "packed_conv")
+    build_model(spec).apply(variables, lr)                                      # plain
+    build_model(spec).apply(variables, lr, mutable=["intermediates"])
+    assert not generator_calls and not conv_calls
+    bf16 = build_model(spec, jnp.bfloat16)
+    assert inference.formulation(bf16, lr) == "packed-convs"
+    np.testing.assert_array_equal(                                              # bfloat16
+        np.asarray(inference.super_resolve(bf16, variables, lr)),
+        np.asarray(bf16.apply(variables, lr)))
+    assert not generator_calls and conv_calls
+    model = build_model(spec)
+    assert inference.formulation(model, wide) == "packed-convs"
+    np.testing.assert_array_equal(                                              # wide image
+        np.asarray(inference.super_resolve(model, variables, wide)),
+        np.asarray(model.apply(variables, wide)))
+    assert not generator_calls
+    assert inference.formulation(model, lr) == "packed"
+    inference.super_resolve(model, variables, lr)
+    assert len(generator_calls) == 1
+
+
+@pytest.mark.parametrize("canvas_w", [24, 128])     # packed G / modules with masks
+def test_generate_on_a_masked_canvas_equals_g_on_each_image_alone(canvas_w):
+    spec = preset("tiny", scale=2)
+    variables = init_variables(spec, jax.random.key(5))
+    model = build_model(spec)
+    sizes = [(13, 21), (16, 9)]
+    rng = np.random.default_rng(6)
+    images = [rng.random((h, w, 3), np.float32) for h, w in sizes]
+    canvas = np.zeros((2, 16, canvas_w, 3), np.float32)
+    for i, im in enumerate(images):
+        canvas[i, :im.shape[0], :im.shape[1]] = im
+    idr = _random((2, 16), 7)
+    fn = jax.jit(inference.generate, static_argnums=0)
+    got = np.asarray(fn(model, variables, jnp.asarray(canvas), idr, jnp.asarray(sizes)))
+    want_how = "packed" if canvas_w < cpu_conv.NARROW_WIDTH else "packed-convs"
+    if jax.default_backend() == "cpu":
+        assert inference.formulation(model, canvas) == want_how
+    for i, (h, w) in enumerate(sizes):
+        alone = model.apply(variables, jnp.asarray(images[i][None]), idr[i:i + 1],
+                            method="generate")
+        np.testing.assert_allclose(got[i, :2 * h, :2 * w], np.asarray(alone)[0],
+                                   rtol=0, atol=2e-6)
+        assert not got[i, 2 * h:].any() and not got[i, :, 2 * w:].any()
+
+
+def test_super_resolve_rejects_wrong_models_and_inputs_in_one_line():
+    student = build_model(preset("tiny", scale=2))
+    teacher = build_model(preset("tiny", kind="teacher", scale=2))
+    disc = build_model(preset("tiny", kind="discriminator"))
+    lr = jnp.zeros((1, 8, 8, 3))
+    with pytest.raises(ValueError, match="needs the HR image"):
+        inference.super_resolve(teacher, {}, lr)
+    with pytest.raises(ValueError, match="LR image only"):
+        inference.super_resolve(student, {}, lr, jnp.zeros((1, 16, 16, 3)))
+    with pytest.raises(ValueError, match="SR model"):
+        inference.super_resolve(disc, {}, lr)
+    with pytest.raises(ValueError, match=r"\(B, h, w, 3\)"):
+        inference.super_resolve(student, {}, jnp.zeros((8, 8, 3)))
 
 
 def test_empty_batch_gives_an_empty_output():
     spec = preset("tiny", scale=2)
     variables = init_variables(spec, jax.random.key(3))
-    for impl in ("auto", "shift"):
-        out = build_model(spec.replace(dynconv=impl)).apply(variables, jnp.zeros((0, 8, 6, 3)))
+    model = build_model(spec)
+    for out in (model.apply(variables, jnp.zeros((0, 8, 6, 3))),
+                inference.super_resolve(model, variables, jnp.zeros((0, 8, 6, 3)))):
         assert out.shape == (0, 16, 12, 3)

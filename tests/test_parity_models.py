@@ -1,5 +1,6 @@
 """Parity of the Flax KDSR networks with the official PyTorch code, on every model
-fixture of ../shared/fixtures (README section A; tolerances from its "How to compare").
+fixture of the shared parity fixtures (their README section A; tolerances from its "How
+to compare").
 
 Weights come through `kdsr_jax.convert.from_torch` (so these tests also prove the
 converter). Fixtures are NCHW; they are transposed to NHWC here, at the boundary.
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdsr_jax import convert
+from kdsr_jax import convert, inference
 from kdsr_jax.convert import mapping, torch_io
 from kdsr_jax.models import build_model
 
@@ -135,18 +136,16 @@ def test_train_outputs_and_l1_gradients_match_fixture(fixtures_dir, name):
 
 
 @pytest.mark.parametrize("name", SR_FIXTURES)
-def test_plain_forward_matches_eval_sr_within_2e5(fixtures_dir, name, monkeypatch):
-    """`model.apply(variables, lr[, hr])` as users call it: on the CPU this is G's
-    packed path (kdsr_jax.models.packed), which must meet the same tolerance."""
-    from kdsr_jax.models import packed
-
-    calls = []
-    original = packed.generator
-    monkeypatch.setattr(packed, "generator", lambda *a, **k: calls.append(1) or original(*a, **k))
+def test_plain_forward_and_super_resolve_match_eval_sr_within_2e5(fixtures_dir, name):
+    """`model.apply(variables, lr[, hr])` (the plain reference) and
+    `inference.super_resolve` as users call it (on the CPU: G on the strip-packed
+    layout) both meet the tolerance."""
     model, variables, z = load(fixtures_dir, name)
-    sr = model.apply(variables, *model_inputs(model, z))
+    inputs = model_inputs(model, z)
+    sr = model.apply(variables, *inputs)
     assert max_err(nchw(sr), z["eval_sr"]) <= OUT_TOL
-    assert bool(calls) == (jax.default_backend() == "cpu")
+    fast = inference.super_resolve(model, variables, *inputs)
+    assert max_err(nchw(fast), z["eval_sr"]) <= OUT_TOL
 
 
 @pytest.mark.parametrize("impl", ["shift", "grouped"])

@@ -1,8 +1,8 @@
 """Exact inference on padded canvases and tiles (for the benchmark protocol and the
-upscaler; reference/ARCHITECTURE.md §2-§3 for the network facts used here).
+upscaler; the network facts used here are those of `kdsr_jax.models.kdsr`).
 
 Why not "pad with reflect and crop": every conv of G and E zero-pads at the image border
-(ARCHITECTURE.md §1.1, §2.1) and the encoder ends in a global average pool (§3), so a
+(official `default_conv`, `IDR_DDC`) and KD-IDE ends in a global average pool, so a
 forward on a reflect- or replicate-padded canvas differs from the unpadded forward near
 all borders (and in the IDR) — no crop removes that, since G's receptive field is
 2N + 4 LR pixels (110 for KDSRs-M).
@@ -17,8 +17,10 @@ is exactly zero padding at the true border, and the valid region of every activa
 equals the unpadded forward. For the global pool, the last feature map before the
 encoder's first vector layer is masked as well (LReLU(0) = 0), so the canvas mean is
 `sum(valid) / (H W)`; the interceptor rescales it by `H W / (h w)` at the first
-vector-valued module call (the MLP). `tests/test_evaluate_tiling.py` proves the result
-equals the unpadded forward within 1e-5, image by image, for several sizes in one batch.
+vector-valued module call (the MLP). G runs through `kdsr_jax.inference.generate` with
+the images' valid sizes, which applies the same masks (on CPU on the strip-packed
+layout, with both cores busy). `tests/test_evaluate_tiling.py` proves the result equals
+the unpadded forward within 1e-5, image by image, for several sizes in one batch.
 
 Tiles (for large images, memory bounded by the tile size):
 * IDR computed ONCE for the whole image, exactly: the encoder runs on tiles whose
@@ -36,6 +38,7 @@ Tiles (for large images, memory bounded by the tile size):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Sequence
@@ -45,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdsr_jax.models import build_model
+from kdsr_jax import inference
 
 # Smallest canvas side: keeps feature maps distinguishable from small kernels/vectors.
 MIN_CANVAS = 16
@@ -73,7 +76,7 @@ def generator_receptive_radius(spec) -> int:
 
 def encoder_receptive_radius(spec) -> int:
     """E's receptive radius before the pool: stem conv, 2 per ResBlock, 3 widening
-    convs (ARCHITECTURE.md §3) — 2R + 4."""
+    convs of KD-IDE — 2R + 4."""
     return 2 * spec.n_resblocks + 4
 
 
@@ -146,6 +149,18 @@ class _MaskState:
         return mean_over_canvas
 
 
+@contextlib.contextmanager
+def _masked(state: _MaskState):
+    """Masked canvas execution of the modules, with the CPU's strip-packed convolutions
+    (`inference.strip_packed_convs`, a no-op elsewhere) outside the masking interceptor,
+    so that the masks see each conv call exactly once."""
+    with contextlib.ExitStack() as stack:
+        if jax.default_backend() == "cpu":
+            stack.enter_context(inference.strip_packed_convs())
+        stack.enter_context(nn.intercept_methods(state.interceptor))
+        yield
+
+
 def _rects(valid_hw) -> jax.Array:
     v = jnp.asarray(valid_hw, jnp.int32).reshape(-1, 2)
     z = jnp.zeros_like(v[:, 0])
@@ -169,10 +184,8 @@ class Runner:
         self.spec = model.spec
         if self.spec.kind == "discriminator":
             raise ValueError("a discriminator checkpoint cannot upscale images")
-        # The masking interceptor works module by module, so G's packed CPU path
-        # (`models.packed`, taken for dynconv='auto') is switched off here: same function.
-        impl = "shift" if self.spec.dynconv == "auto" else self.spec.dynconv
-        self.model = build_model(self.spec.replace(dynconv=impl), dtype)
+        self.model = model if jnp.dtype(model.dtype) == jnp.dtype(dtype) else model.clone(
+            dtype=dtype)
         self.variables = {"params": variables["params"]}
         self.scale = self.spec.scale
         self.is_teacher = self.spec.kind == "teacher"
@@ -188,14 +201,14 @@ class Runner:
                      mode="rescale"):
         st = _MaskState(lr.shape[1:3], valid, core=core, pool=mode,
                         pool_index=self._pool_index, replacement=replacement)
-        with nn.intercept_methods(st.interceptor):
+        with _masked(st):
             idr, fea = self.model.apply(variables, *self._encode_args(lr, hr), method="encode")
         return idr, fea, st.pool_sum
 
     def _generate_impl(self, variables, lr, valid, idr):
-        st = _MaskState(lr.shape[1:3], valid)
-        with nn.intercept_methods(st.interceptor):
-            sr = self.model.apply(variables, lr, idr, method="generate")
+        # G through `inference.generate`: on CPU the strip-packed formulation, masked to
+        # each image's valid region like the modules here.
+        sr = inference.generate(self.model, variables, lr, idr, valid_hw=valid[:, 1::2])
         return sr.astype(jnp.float32)
 
     def _find_pool_index(self, lr, hr):
@@ -209,7 +222,7 @@ class Runner:
                             pool="record")
 
             def probe(v):
-                with nn.intercept_methods(st.interceptor):
+                with _masked(st):
                     return self.model.apply(v, *self._encode_args(small, small_hr),
                                             method="encode")
 

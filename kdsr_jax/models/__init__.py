@@ -1,8 +1,9 @@
 """kdsr_jax.models: Flax (linen) KDSR networks, NHWC.
 
-* `build_model(spec, dtype)` -> a `flax.linen.Module` with a `.spec` attribute:
-  `StudentSR`, `TeacherSR` (reference/ARCHITECTURE.md §2-§4) or `UNetDiscriminatorSN`
-  (§7.4). `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+* `build_model(spec, dtype, remat)` -> a `flax.linen.Module` with a `.spec` attribute:
+  `StudentSR`, `TeacherSR` (KD-IDE + G, `models.kdsr`) or `UNetDiscriminatorSN`
+  (the KDSR-GAN discriminator, `models.discriminator`). `dtype` is the compute dtype
+  (e.g. jnp.bfloat16); parameters stay float32.
 * `init_variables(spec, key, lr_hw)` -> variables: `{'params': {'G', 'E'}}` for SR
   models, `{'params', 'spectral'}` for the discriminator.
 * `count_params(variables_or_shapes)`: number of trainable parameters. The official
@@ -16,6 +17,8 @@ Usage:
     teacher: the same with `(lr, hr)`, except `method='generate'`, which takes
              `(lr, idr)` as for the student.
     D:       `model.apply(v, x)`; `model.apply(v, x, train=True, mutable=['spectral'])`.
+`model.apply` is the plain reference forward on every backend; for inference,
+`kdsr_jax.inference.super_resolve` picks the fastest formulation for the backend.
 """
 
 from __future__ import annotations
@@ -28,26 +31,37 @@ import numpy as np
 from flax import traverse_util
 
 from kdsr_jax.models.discriminator import UNetDiscriminatorSN
-from kdsr_jax.models.kdsr import StudentSR, TeacherSR
+from kdsr_jax.models.kdsr import KDIDE, Generator, StudentSR, TeacherSR
 from kdsr_jax.models.spec import PRESETS, ModelSpec, preset
 
 # Two frozen MeanShift 1x1 convs (3x3 weight + 3 bias each) that torch counts as
-# parameters (reference §6 "MeanShift x2 = 24"); here they are constants.
+# parameters (official `common.py` `MeanShift`, 2 x (9 + 3) = 24); here they are constants.
 MEANSHIFT_TORCH_PARAMS = 24
 
 __all__ = ["ModelSpec", "preset", "PRESETS", "build_model", "init_variables",
            "count_params", "torch_param_count", "abstract_variables", "StudentSR", "TeacherSR",
-           "UNetDiscriminatorSN", "MEANSHIFT_TORCH_PARAMS"]
+           "KDIDE", "Generator", "UNetDiscriminatorSN", "MEANSHIFT_TORCH_PARAMS"]
 
 
-def build_model(spec: ModelSpec, dtype=jnp.float32):
-    """The Flax module for `spec` (compute dtype `dtype`, float32 parameters)."""
+def build_model(spec: ModelSpec, dtype=jnp.float32, remat: bool = False):
+    """The Flax module for `spec` (compute dtype `dtype`, float32 parameters).
+
+    `remat=True` (SR models) rematerialises activations in training: each IDR-DCRB of G
+    and each ResBlock of KD-IDE runs under `flax.linen.remat` (`jax.checkpoint`, default
+    policy: nothing inside a block is saved, its inner activations are recomputed in the
+    backward pass from the block input). Parameters, outputs and gradients are the same
+    as with `remat=False`; the step needs less memory and about one more forward of the
+    blocks. It has no effect on a forward without gradients. Raises TypeError for a
+    `spec` that is not a ModelSpec, ValueError for `remat` with the discriminator."""
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"build_model expects a ModelSpec, got {type(spec).__name__}")
     if spec.kind == "student":
-        return StudentSR(spec, dtype)
+        return StudentSR(spec, dtype, remat)
     if spec.kind == "teacher":
-        return TeacherSR(spec, dtype)
+        return TeacherSR(spec, dtype, remat)
+    if remat:
+        raise ValueError("remat applies to the SR models (IDR-DCRB / KD-IDE blocks), "
+                         "not to the discriminator")
     return UNetDiscriminatorSN(spec, dtype)
 
 
@@ -62,8 +76,8 @@ def example_inputs(spec: ModelSpec, lr_hw=(16, 16), batch: int = 1):
 
 
 def init_variables(spec: ModelSpec, key: jax.Array, lr_hw=(16, 16)):
-    """Freshly initialised variables for `spec`, with PyTorch's default init
-    (reference §9.10): every conv/linear weight and bias ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)),
+    """Freshly initialised variables for `spec`, with PyTorch's default init (as the
+    official code, which never re-initialises): every conv/linear weight and bias ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)),
     spectral-norm u / v = normalised N(0, 1) vectors, as torch's spectral_norm does.
 
     Same distribution as `model.init`, but all values come from one uniform and one
@@ -131,6 +145,6 @@ def count_params(variables) -> int:
 def torch_param_count(spec: ModelSpec) -> int:
     """The parameter count the official torch module reports (`sum(p.numel())`),
     computed without allocating: our trainable count + the 24 MeanShift constants for
-    SR models (reference §6)."""
+    SR models."""
     n = count_params(abstract_variables(spec))
     return n if spec.kind == "discriminator" else n + MEANSHIFT_TORCH_PARAMS

@@ -1,5 +1,5 @@
 """U-Net discriminator with spectral normalisation (Real-ESRGAN's `UNetDiscriminatorSN`,
-used in the KDSR-GAN stage; reference/ARCHITECTURE.md §7.4).
+used in the KDSR-GAN stage; official `KDSR-GAN/kdsrgan/archs/discriminator_arch.py`).
 
 Spectral norm is our own implementation, numerically equal to
 `torch.nn.utils.spectral_norm` (dim 0, one power iteration, eps 1e-12):
@@ -25,8 +25,8 @@ from kdsr_jax.models.layers import conv, torch_uniform_init, upsample2x_bilinear
 from kdsr_jax.models.spec import ModelSpec
 
 Dtype = Any
-SN_EPS = 1e-12        # torch spectral_norm default eps (reference §7.4)
-D_LRELU_SLOPE = 0.2   # discriminator LeakyReLU slope (reference §7.4)
+SN_EPS = 1e-12        # torch spectral_norm default eps
+D_LRELU_SLOPE = 0.2   # LeakyReLU slope of `discriminator_arch.py`
 
 
 def _normalize(x):

@@ -1,5 +1,5 @@
-"""Per-sample depthwise 3x3 dynamic convolution: the core of IDR-DDC
-(reference/ARCHITECTURE.md §2.1; fixtures README "Things in the official numerics").
+"""Per-sample depthwise 3x3 dynamic convolution: the core of IDR-DDC (paper Sec. 3;
+official `IDR_DDC`, which runs it as a grouped conv).
 
 `out[b, y, x, c] = sum_{ky, kx} kernels[b, ky, kx, c] * x_pad[b, y+ky, x+kx, c]`, with
 `x_pad` = x zero-padded by 1: a cross-correlation (no kernel flip), no bias. The official
@@ -11,19 +11,11 @@ Formulations (same function, different speed):
   XLA fuses into a single loop, reading the input once and writing the output once.
 * ``'grouped'``: fold the batch into channels, (1, H, W, B*C), and call
   `lax.conv_general_dilated` with `feature_group_count = B*C` (what torch does).
-* ``'auto'``: 'shift' on every backend.
-  - CPU (measured, 2-core dev box, XLA 0.10, KDSRs-M student, LR 64x64, batch 1, jitted
-    forward): 'shift' 0.37 CPU-s per forward, 'grouped' 0.74 CPU-s. The op alone, CPU
-    time per call: (1,64,64,64) 0.26 ms vs 7.3 ms (28x); (2,12,16,16) 0.04 vs 0.42 ms
-    (9x); (8,48,48,64) 1.0 vs 37 ms (37x), 'shift' vs 'grouped'.
-  - GPU/TPU (not measured here, no accelerator available; reasoning): the op is
-    memory-bound (9 MACs per element read), so the best possible kernel reads x once and
-    writes once, and XLA fuses 'shift' (pad + 9 slices + multiply-adds) into exactly such
-    a kernel. 'grouped' needs a batch->channel transpose on both sides for B > 1 (two
-    extra memory passes) and lands on the grouped-conv path with B*C groups, whose
-    kernel-gradient (needed here: the kernels come from the IDR) is a poorly tuned case.
-    So 'shift' is never worse in memory traffic; benchmark 'grouped' with
-    `ModelSpec(dynconv='grouped')` if in doubt.
+* ``'auto'``: 'shift' on every backend: the op is memory-bound (9 MACs per element
+  read) and XLA fuses 'shift' into one loop that reads x once and writes once, while
+  'grouped' needs a batch->channel transpose on both sides and lands on the grouped-conv
+  path with B*C groups, whose kernel gradient is a poorly tuned case. CPU timings of
+  both are in `benchmarks/README.md`.
 """
 
 from __future__ import annotations
@@ -32,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ("auto", "shift", "grouped")
-KERNEL_SIZE = 3  # fixed in IDR_DDC (reference §2.1)
+KERNEL_SIZE = 3  # fixed in the official IDR_DDC
 
 
 def resolve_impl(impl: str) -> str:
@@ -45,8 +37,8 @@ def resolve_impl(impl: str) -> str:
 
 
 def kernels_from_torch_order(v: jax.Array) -> jax.Array:
-    """IDR-DDC's linear output (B, 9C), torch order 9c + 3ky + kx (reference §2.1),
-    as kernels (B, 3, 3, C)."""
+    """IDR-DDC's linear output (B, 9C), torch order 9c + 3ky + kx (the official
+    `.view(B*C, 1, 3, 3)`), as kernels (B, 3, 3, C)."""
     c = v.shape[-1] // (KERNEL_SIZE * KERNEL_SIZE)
     return v.reshape(v.shape[0], c, KERNEL_SIZE, KERNEL_SIZE).transpose(0, 2, 3, 1)
 

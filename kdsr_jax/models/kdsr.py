@@ -1,6 +1,16 @@
-"""KDSR networks: the SR generator G, the degradation encoder KD-IDE, and the teacher /
-student wrappers (paper: "Knowledge Distillation based Degradation Estimation for Blind
-Super-Resolution", ICLR 2023; reference/ARCHITECTURE.md §2-§4).
+"""KDSR networks as the paper draws them (KDSR, "Knowledge Distillation based Degradation
+Estimation for Blind Super-Resolution", ICLR 2023, Sec. 3 (method); official code:
+`blindsr.py` of `KDSR-classic/model_TA`, `model_ST` and `KDSR-GAN/kdsrgan/archs`).
+
+* `KDIDE`: the KD-IDE implicit degradation estimator, E (teacher KD-IDE_T, student
+  KD-IDE_S); returns the IDR and the features the KD loss compares.
+* `Generator`: the SR network G, a head conv, N `IDRDCRB` blocks (each an `IDRDDC`
+  dynamic conv conditioned on the IDR, LReLU, conv, skip), a long skip and the upsampler.
+* `TeacherSR` / `StudentSR`: E followed by G (the official `BlindSR` wrappers).
+
+These are plain modules: `model.apply` is the reference forward on every backend. The
+CPU speed path (strip packing) is an inference-time choice outside them, in
+`kdsr_jax.inference.super_resolve`.
 
 All arrays are NHWC. Parameter names are ours; `kdsr_jax.convert.mapping` holds the
 one-to-one table to the official state-dict keys. Intermediate activations are sown into
@@ -10,6 +20,13 @@ nothing unless that collection is made mutable.
 Besides the full forward, both wrappers expose the two halves as methods: `encode` (E
 only -> (idr, fea)) and `generate(lr, idr)` (G only -> sr), e.g. for tiled inference
 that computes the IDR once per image (`kdsr_jax.evaluate.tiling`).
+
+Activation rematerialisation (`remat=True`, see `build_model`): every IDR-DCRB of G and
+every ResBlock of KD-IDE is wrapped in `flax.linen.remat` (`jax.checkpoint`) with the
+default policy, which saves nothing inside a block: the backward pass keeps only each
+block's input and recomputes the block's inner activations (DDC output, LReLU, conv) from
+it, one block at a time. Same parameters, values and gradients; less memory, one more
+forward of the blocks per step.
 """
 
 from __future__ import annotations
@@ -20,18 +37,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdsr_jax.models import dynconv as dynconv_lib
-from kdsr_jax.models import packed
 from kdsr_jax.models.layers import (conv, dense, lrelu, mean_shift_bias, pixel_shuffle,
                                     pixel_unshuffle)
 from kdsr_jax.models.spec import ModelSpec
 
 Dtype = Any
-# The encoder's three widening convs: C -> 2C -> 2C -> 4C (reference §3).
+# KD-IDE's three widening convs after the ResBlocks: C -> 2C -> 2C -> 4C (official
+# `KD_IDE`, Sequential entries E.(R+2), E.(R+4), E.(R+6)).
 ENCODER_WIDTHS = (2, 2, 4)
 
 
 def upsampler_stages(scale: int) -> list[int]:
-    """Pixel-shuffle factors of the Upsampler (reference §1.4): x4 = [2, 2], x2 = [2], x3 = [3]."""
+    """Pixel-shuffle factors of the official `common.py` `Upsampler`: x4 = [2, 2],
+    x2 = [2], x3 = [3]. Raises ValueError for other scales."""
     if scale == 3:
         return [3]
     if scale in (2, 4, 8):
@@ -40,33 +58,41 @@ def upsampler_stages(scale: int) -> list[int]:
 
 
 def encoder_in_channels(kind: str, scale: int) -> int:
-    """Teacher: [LR, PixelUnshuffle_s(HR)] = 3 + 3 s^2 channels; student: LR only (§3.1)."""
+    """KD-IDE input channels: teacher [LR, PixelUnshuffle_s(HR)] = 3 + 3 s^2 (the
+    teacher also sees the HR image, paper Sec. 3), student LR only = 3."""
     return 3 + 3 * scale * scale if kind == "teacher" else 3
 
 
 class IDRDDC(nn.Module):
-    """IDR-conditioned dynamic depthwise conv (§2.1): Linear(C,C) - LReLU - Linear(C,9C),
-    both bias-free, reshaped with index 9c + 3ky + kx, then a per-sample depthwise 3x3
-    cross-correlation with zero padding."""
+    """IDR-DDC, the IDR-conditioned dynamic depthwise conv (paper Sec. 3; official
+    `IDR_DDC`): `kernels` = Linear(C,C) - LReLU - Linear(C,9C), both bias-free, read
+    with index 9c + 3ky + kx, then a per-sample depthwise 3x3 cross-correlation with zero
+    padding. x (B, H, W, C), idr (B, C) -> (B, H, W, C)."""
 
     n_feats: int
     impl: str = "auto"
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, idr):
+    def setup(self):
         c = self.n_feats
-        v = dense(c, c, use_bias=False, dtype=self.dtype, name="fc1")(idr)
-        v = dense(9 * c, c, use_bias=False, dtype=self.dtype, name="fc2")(lrelu(v))
+        self.fc1 = dense(c, c, use_bias=False, dtype=self.dtype)
+        self.fc2 = dense(9 * c, c, use_bias=False, dtype=self.dtype)
+
+    def kernels(self, idr):
+        """The per-sample kernels: idr (B, C) -> (B, 3, 3, C)."""
+        v = self.fc2(lrelu(self.fc1(idr)))
         self.sow("intermediates", "kernel", v)                    # (B, 9C), torch order
-        kernels = dynconv_lib.kernels_from_torch_order(v)                # (B, 3, 3, C)
-        out = dynconv_lib.dynamic_depthwise_conv(x, kernels, impl=self.impl)
+        return dynconv_lib.kernels_from_torch_order(v)
+
+    def __call__(self, x, idr):
+        out = dynconv_lib.dynamic_depthwise_conv(x, self.kernels(idr), impl=self.impl)
         self.sow("intermediates", "dynconv", out)
         return out
 
 
 class IDRDCRB(nn.Module):
-    """IDR-DCRB (§2.2): y = conv3x3(LReLU(DDC(x, d))) + x."""
+    """IDR-DCRB, the dynamic conv residual block (paper Sec. 3; official `IDR_DCRB`):
+    y = conv3x3(LReLU(IDR-DDC(x, idr))) + x. x (B, H, W, C) -> (B, H, W, C)."""
 
     n_feats: int
     impl: str = "auto"
@@ -81,25 +107,28 @@ class IDRDCRB(nn.Module):
 
 
 class BlockGroup(nn.Module):
-    """`DAG` (§2.3): N IDR-DCRBs in sequence, all conditioned on the same IDR; no inner
-    conv or skip."""
+    """The official `DAG`: N IDR-DCRBs in sequence, all conditioned on the same IDR; no
+    inner conv or skip. `remat` wraps each block in `nn.remat` (module docstring)."""
 
     n_feats: int
     n_blocks: int
     impl: str = "auto"
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x, idr):
+        block = nn.remat(IDRDCRB) if self.remat else IDRDCRB
         for i in range(self.n_blocks):
-            x = IDRDCRB(self.n_feats, self.impl, self.dtype, name=f"block_{i}")(x, idr)
+            x = block(self.n_feats, self.impl, self.dtype, name=f"block_{i}")(x, idr)
         return x
 
 
 class Generator(nn.Module):
-    """The KDSR SR network G (§2.4): sub_mean, head conv, block group, conv + long skip,
-    Upsampler (conv + PyTorch-order pixel shuffle), conv C->3, add_mean. MeanShift is a
-    fixed constant here, not a parameter."""
+    """The SR network G (paper Sec. 3; official `KDSR`): sub_mean, head conv,
+    N IDR-DCRBs, conv + long skip, upsampler (conv + PyTorch-order pixel shuffle per
+    factor), conv C->3, add_mean. MeanShift is a fixed constant here, not a parameter.
+    lr (B, h, w, 3) in [0, rgb_range], idr (B, C) -> sr (B, s h, s w, 3) in `dtype`."""
 
     n_feats: int
     n_blocks: int
@@ -107,22 +136,16 @@ class Generator(nn.Module):
     rgb_range: float = 1.0
     impl: str = "auto"
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, lr, idr):
-        if self._packed_path_applies(lr):
-            reference = self.clone(parent=None, impl="shift")
-            forward = packed.with_reference_gradient(
-                lambda params, lr, idr: packed.generator(
-                    params, lr, idr, self.n_blocks, upsampler_stages(self.scale), self.rgb_range),
-                lambda params, lr, idr: reference.apply({"params": params}, lr, idr))
-            return forward(self.variables["params"], lr, idr.astype(jnp.float32))
         c = self.n_feats
         x = lr.astype(self.dtype) + mean_shift_bias(self.rgb_range, -1).astype(self.dtype)
         f0 = conv(c, 3, dtype=self.dtype, name="head")(x)
         self.sow("intermediates", "head_out", f0)
         idr = idr.astype(self.dtype)
-        r = BlockGroup(c, self.n_blocks, self.impl, self.dtype, name="body")(f0, idr)
+        r = BlockGroup(c, self.n_blocks, self.impl, self.dtype, self.remat, name="body")(f0, idr)
         self.sow("intermediates", "dag_out", r)
         r = conv(c, c, dtype=self.dtype, name="body_conv")(r) + f0
         self.sow("intermediates", "tail_in", r)
@@ -134,18 +157,9 @@ class Generator(nn.Module):
         self.sow("intermediates", "tail_out", y)
         return y + mean_shift_bias(self.rgb_range, +1).astype(self.dtype)
 
-    def _packed_path_applies(self, lr) -> bool:
-        """The CPU fast path (`packed.generator`: same values; derivatives from this
-        module-by-module path) is taken for a plain float32 forward with impl='auto';
-        not while initialising or recording intermediates, nor for wide images or an
-        explicit 'shift'/'grouped' (e.g. the tiling Runner, which intercepts submodules)."""
-        return (self.impl == "auto" and self.dtype == jnp.float32 and packed.applies(lr)
-                and not self.is_initializing()
-                and not self.is_mutable_collection("intermediates"))
-
 
 class ResBlock(nn.Module):
-    """Encoder ResBlock (§1.3): conv - LReLU - conv, + x."""
+    """KD-IDE's ResBlock (official `common.py` `ResBlock`): conv - LReLU - conv, + x."""
 
     n_feats: int
     dtype: Dtype = jnp.float32
@@ -157,22 +171,29 @@ class ResBlock(nn.Module):
         return y + x
 
 
-class Encoder(nn.Module):
-    """KD-IDE degradation encoder (§3). Returns (idr (B, C), fea (B, 4C)): `fea` is the
-    post-LReLU MLP output used by the distillation loss, `idr` = compress(fea)."""
+class KDIDE(nn.Module):
+    """KD-IDE, the knowledge-distillation based implicit degradation estimator E (paper
+    Sec. 3; official `KD_IDE`). The teacher's KD-IDE_T sees [LR, PixelUnshuffle_s(HR)]
+    (`in_channels` = 3 + 3 s^2), the student's KD-IDE_S the LR image only (3). Stem conv,
+    R ResBlocks, convs C -> 2C -> 2C -> 4C, global average pool, MLP, compress.
+    x (B, h, w, in_channels) -> (idr (B, C), fea (B, 4C)): `fea` is the post-LReLU MLP
+    output the KD loss compares (teacher T_fea / student S_fea), `idr` = compress(fea)
+    is the IDR that conditions every IDR-DDC."""
 
     n_feats: int
     n_resblocks: int
     in_channels: int
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x):
         c = self.n_feats
         self.sow("intermediates", "E_input", x)
         x = lrelu(conv(c, self.in_channels, dtype=self.dtype, name="stem")(x.astype(self.dtype)))
+        block = nn.remat(ResBlock) if self.remat else ResBlock
         for j in range(self.n_resblocks):
-            x = ResBlock(c, self.dtype, name=f"res_{j}")(x)
+            x = block(c, self.dtype, name=f"res_{j}")(x)
         width = c
         for k, mult in enumerate(ENCODER_WIDTHS):
             x = lrelu(conv(mult * c, width, dtype=self.dtype, name=f"expand_{k}")(x))
@@ -185,14 +206,14 @@ class Encoder(nn.Module):
         return idr, fea
 
 
-def _generator(spec: ModelSpec, dtype) -> Generator:
+def _generator(spec: ModelSpec, dtype, remat: bool) -> Generator:
     return Generator(spec.n_feats, spec.n_blocks, spec.scale, spec.rgb_range, spec.dynconv,
-                     dtype, name="G")
+                     dtype, remat, name="G")
 
 
-def _encoder(spec: ModelSpec, dtype) -> Encoder:
-    return Encoder(spec.n_feats, spec.n_resblocks, encoder_in_channels(spec.kind, spec.scale),
-                   dtype, name="E")
+def _encoder(spec: ModelSpec, dtype, remat: bool) -> KDIDE:
+    return KDIDE(spec.n_feats, spec.n_resblocks, encoder_in_channels(spec.kind, spec.scale),
+                 dtype, remat, name="E")
 
 
 def _generate(g, lr, idr):
@@ -208,16 +229,17 @@ def _finish(sr, idr, fea, return_features):
 
 
 class StudentSR(nn.Module):
-    """Blind SR student (classic `model_ST` BlindSR / GAN `BlindSR_ST`): E sees the LR
-    image only. `apply(v, lr)` -> sr; `return_features=True` -> (sr, {'idr', 'fea'});
+    """Blind SR student KDSR_S (classic `model_ST` BlindSR / GAN `BlindSR_ST`): KD-IDE_S
+    sees the LR image only. `apply(v, lr)` -> sr; `return_features=True` -> (sr, {'idr', 'fea'});
     `method='encode'` -> (idr, fea); `method='generate'` with (lr, idr) -> sr (G only)."""
 
     spec: ModelSpec
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
-        self.G = _generator(self.spec, self.dtype)
-        self.E = _encoder(self.spec, self.dtype)
+        self.G = _generator(self.spec, self.dtype, self.remat)
+        self.E = _encoder(self.spec, self.dtype, self.remat)
 
     def encode(self, lr):
         idr, fea = self.E(lr)
@@ -233,17 +255,18 @@ class StudentSR(nn.Module):
 
 
 class TeacherSR(nn.Module):
-    """KDSR teacher (classic `model_TA` BlindSR / GAN `BlindSR_TA`): E sees
+    """KDSR teacher KDSR_T (classic `model_TA` BlindSR / GAN `BlindSR_TA`): KD-IDE_T sees
     [LR, PixelUnshuffle_s(HR)] (PyTorch channel order, LR first). Takes the clean HR
     (B, s*h, s*w, 3) and unshuffles it itself, at any scale (2, 3, 4).
     `method='generate'` with (lr, idr) runs G alone, as for the student."""
 
     spec: ModelSpec
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
-        self.G = _generator(self.spec, self.dtype)
-        self.E = _encoder(self.spec, self.dtype)
+        self.G = _generator(self.spec, self.dtype, self.remat)
+        self.E = _encoder(self.spec, self.dtype, self.remat)
 
     def encoder_input(self, lr, hr):
         s = self.spec.scale

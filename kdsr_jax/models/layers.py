@@ -1,12 +1,13 @@
-"""Small shared building blocks of the KDSR networks (reference/ARCHITECTURE.md §1, §7.4).
+"""Small shared building blocks of the KDSR networks (official `common.py`, and
+`discriminator_arch.py` for the bilinear upsampling).
 
-* PyTorch-ordered pixel shuffle / unshuffle on NHWC arrays (§1.5). JAX's
+* PyTorch-ordered pixel shuffle / unshuffle on NHWC arrays (torch `nn.PixelShuffle`). JAX's
   `depth_to_space` uses a different channel order and is deliberately not used.
-* The MeanShift constants (§1.2): fixed arrays, never parameters.
-* A 3x3 (or kxk) convolution with PyTorch's default initialisation (strip-packed on
-  CPU for speed, see `cpu_conv`).
+* The MeanShift constants (`common.py` `MeanShift`): fixed arrays, never parameters.
+* A 3x3 (or kxk) convolution with PyTorch's default initialisation: a plain `nn.Conv`
+  (backend-specific speed paths live in `kdsr_jax.inference`, not here).
 * The exact `F.interpolate(scale_factor=2, mode='bilinear', align_corners=False)`
-  upsampling used by the U-Net discriminator (§7.4).
+  upsampling used by the U-Net discriminator.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdsr_jax.models import cpu_conv
-
-# DIV2K RGB mean used by MeanShift (reference/ARCHITECTURE.md §1.2); std is (1, 1, 1).
+# DIV2K RGB mean used by MeanShift (official `rgb_mean`); std is (1, 1, 1).
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RGB_STD = (1.0, 1.0, 1.0)
-# Negative slope of every LeakyReLU in G and E (reference §0 notation).
+# Negative slope of every LeakyReLU in G and E (official `nn.LeakyReLU(0.1, True)`).
 LRELU_SLOPE = 0.1
 
 
@@ -77,16 +76,14 @@ def torch_uniform_init(fan_in: int):
 def conv(features: int, in_features: int, kernel: int = 3, stride: int = 1,
          padding: int | None = None, use_bias: bool = True, dtype=jnp.float32,
          name: str | None = None) -> nn.Conv:
-    """`default_conv`: zero padding k//2, stride 1, bias (reference §1.1), torch init.
-    On CPU, narrow stride-1 convs run strip-packed (`kdsr_jax.models.cpu_conv`): same
-    result, both cores busy."""
+    """`default_conv` of the official `common.py`: zero padding k//2, stride 1, bias,
+    PyTorch's default init."""
     pad = kernel // 2 if padding is None else padding
     fan_in = in_features * kernel * kernel
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
                    param_dtype=jnp.float32, kernel_init=torch_uniform_init(fan_in),
-                   bias_init=torch_uniform_init(fan_in),
-                   conv_general_dilated=cpu_conv.conv_general_dilated, name=name)
+                   bias_init=torch_uniform_init(fan_in), name=name)
 
 
 def dense(features: int, in_features: int, use_bias: bool = True, dtype=jnp.float32,
@@ -98,6 +95,7 @@ def dense(features: int, in_features: int, use_bias: bool = True, dtype=jnp.floa
 
 
 def lrelu(x: jax.Array, slope: float = LRELU_SLOPE) -> jax.Array:
+    """LeakyReLU, negative slope 0.1 by default."""
     return nn.leaky_relu(x, negative_slope=slope)
 
 

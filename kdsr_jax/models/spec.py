@@ -2,8 +2,8 @@
 
 A `ModelSpec` is the small, JSON-serialisable description of a network that travels
 with every checkpoint (converted or trained) so that `checkpoints.load` and
-`convert.from_torch` can rebuild the Flax module. Sizes follow
-`reference/ARCHITECTURE.md` §5 (C = n_feats, N = n_blocks, R = n_resblocks).
+`convert.from_torch` can rebuild the Flax module. Sizes follow the official defaults
+(classic `option.py`, GAN `options/*.yml`; C = n_feats, N = n_blocks, R = n_resblocks).
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ import dataclasses
 import json
 from typing import Any
 
+from kdsr_jax.models.dynconv import IMPLS
+
 KINDS = ("teacher", "student", "discriminator")
 SETTINGS = ("classic", "gan")
 SCALES = (2, 3, 4)
-DYNCONV_IMPLS = ("auto", "shift", "grouped")
+DYNCONV_IMPLS = IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What to build. `dynconv` picks the dynamic-convolution formulation (see
-    `kdsr_jax.models.dynconv`); it changes speed, never the function computed."""
+    """What to build. `dynconv` picks the formulation of IDR-DDC's dynamic depthwise conv
+    (see `kdsr_jax.models.dynconv`; 'auto' = 'shift'); it changes speed, never the
+    function computed. Raises ValueError for an unknown kind/setting/scale/dynconv or a
+    size below 1."""
 
     kind: str = "student"
     setting: str = "classic"
@@ -70,7 +74,8 @@ class ModelSpec:
         return cls.from_dict(json.loads(s))
 
 
-# Named presets (reference/ARCHITECTURE.md §5). "tiny" is ours: the demo/test size.
+# Named presets: the paper's KDSRs-M / KDSRs-L (classic `option.py` defaults and the
+# README's L setting) and KDSR-GAN (`options/*.yml`). "tiny" is ours: the demo/test size.
 PRESETS: dict[str, dict[str, Any]] = {
     "KDSRs-M": dict(setting="classic", n_feats=64, n_blocks=53, n_resblocks=9),
     "KDSRs-L": dict(setting="classic", n_feats=128, n_blocks=28, n_resblocks=5),

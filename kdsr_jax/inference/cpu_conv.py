@@ -1,13 +1,11 @@
-"""A drop-in `lax.conv_general_dilated` that keeps both CPU cores busy on small images.
+"""A drop-in `lax.conv_general_dilated` that keeps both CPU cores busy on small images
+(used only by `kdsr_jax.inference`, never inside the model definitions).
 
 Why: KDSR's cost is dominated by 3x3, C->C convolutions at LR resolution (53 of them in
-the KDSRs-M generator, 18 more in its encoder; reference/ARCHITECTURE.md §2-§3). On the
-CPU, XLA hands these to a convolution kernel that only splits its work across threads
-along the image *width*, and only once the width is large (measured on a 2-core machine
-with jax 0.10: a 1x64x64x64 conv runs single-threaded at ~2.9 ms whether 1 or 2 threads
-are available, while a 1x18x259x64 one — the same pixels, re-arranged — takes ~1.7 ms;
-PyTorch/oneDNN needs ~1.6 ms). Batching does not help either (4x64x64 is as slow per
-image).
+the KDSRs-M generator, 18 more in its KD-IDE). On the CPU, XLA hands these to a
+convolution kernel that only splits its work across threads along the image *width*,
+and only once the width is large, so a narrow image (e.g. 64 px) runs on one core, and
+batching does not help either (`benchmarks/README.md` has the measurements).
 
 What: for a stride-1 "same" convolution on a narrow NHWC image, cut every image into
 `k` horizontal strips (each with the `kh // 2` halo rows it needs from its neighbours,
@@ -21,8 +19,7 @@ and is linear, so gradients flow through it unchanged.
 It is only used where it pays: CPU backend, NHWC/HWIO, stride 1, no dilation, no
 feature groups, odd kernel with 'same' zero padding, and an image narrower than
 `NARROW_WIDTH`. Everything else (GPU/TPU, the strided discriminator convs, wide images)
-goes straight to `lax.conv_general_dilated`. `PACKING_ENABLED = False` (e.g. via
-`set_packing(False)`) turns it off, for comparisons.
+goes straight to `lax.conv_general_dilated`.
 """
 
 from __future__ import annotations
@@ -35,20 +32,12 @@ from jax import lax
 
 # Images at least this wide are already split across threads by XLA's CPU convolution.
 NARROW_WIDTH = 128
-# Width the packed image should reach so that XLA parallelises it (measured, see above).
+# Width the packed image should reach so that XLA parallelises it (measured on 2 cores).
 TARGET_WIDTH = 256
 # Fewer rows per strip than this wastes too much work on halo rows.
 MIN_STRIP_ROWS = 8
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-PACKING_ENABLED = True
-
-
-def set_packing(enabled: bool) -> None:
-    """Turn strip packing on or off (it is a speed choice; results are identical).
-    Takes effect for functions traced afterwards."""
-    global PACKING_ENABLED
-    PACKING_ENABLED = bool(enabled)
 
 
 def _is_same_padding(padding, kh: int, kw: int) -> bool:
@@ -79,7 +68,7 @@ def strips_for(batch: int, height: int, width: int, kw: int) -> int:
 def eligible(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
              dimension_numbers, feature_group_count, batch_group_count) -> bool:
     """Whether `packed_conv` applies (and is expected to be faster) for this call."""
-    if not PACKING_ENABLED or jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu":
         return False
     if lhs.ndim != 4 or rhs.ndim != 4 or not _dims_are_nhwc(dimension_numbers):
         return False

@@ -1,13 +1,19 @@
-"""PyTorch twin of the KDSR SR networks, for side-by-side benchmarks only.
+"""PyTorch twin of the KDSR SR networks, for side-by-side benchmarks (and the tests
+that hold it to the official fixtures) only.
 
-Written from reference/ARCHITECTURE.md §1-§4 (not from the official code). Module and
-attribute names are chosen so that `state_dict()` keys equal the official ones (§7), so
-the twin loads what `kdsr_jax.convert.mapping.state_dict_from_variables` (or
-`kdsr_jax.convert.to_torch`) produces with `load_state_dict(strict=True)`. It follows the
-official numerics: MeanShift as a frozen 1x1 conv, IDR-DDC as a grouped conv over a
-(1, B*C, H, W) view, NCHW throughout.
+Why a twin and not the official code: the official repositories are not a dependency.
+Module and attribute names are chosen so that `state_dict()` keys equal the official
+ones, so the twin loads what `kdsr_jax.convert.mapping.state_dict_from_variables` (or
+`kdsr_jax.convert.to_torch`) produces with `load_state_dict(strict=True)`, and it
+follows the official numerics: MeanShift as a frozen 1x1 conv, IDR-DDC as a grouped
+conv over a (1, B*C, H, W) view, NCHW throughout. That is what it is for: timing the
+official formulation in PyTorch, which is why it stays torch code next to the Flax
+modules rather than being generated from them. Everything that is a fact about the
+network rather than about torch (the MeanShift mean, the LReLU slope, the kernel size,
+KD-IDE's widths and input channels, the upsampler's stages) is read from
+`kdsr_jax.models`, so there is one definition of each.
 
-Never imported by the runtime package: torch is a test/benchmark-only dependency and
+Never imported by the `kdsr_jax` package: torch is a test/benchmark-only dependency and
 this module imports it at the top.
 """
 
@@ -18,12 +24,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kdsr_jax.convert.mapping import state_dict_from_variables
+from kdsr_jax.models.dynconv import KERNEL_SIZE as KERNEL
+from kdsr_jax.models.kdsr import ENCODER_WIDTHS, encoder_in_channels, upsampler_stages
+from kdsr_jax.models.layers import LRELU_SLOPE, mean_shift_bias
 from kdsr_jax.models.spec import ModelSpec
-
-# reference/ARCHITECTURE.md §1.2: DIV2K RGB mean used by MeanShift; std is 1.
-RGB_MEAN = (0.4488, 0.4371, 0.4040)
-LRELU_SLOPE = 0.1        # §0 notation: LeakyReLU(0.1) everywhere in G and E
-KERNEL = 3               # every static conv and the dynamic kernel are 3x3 (§2)
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
@@ -35,19 +40,20 @@ def _lrelu() -> nn.LeakyReLU:
 
 
 class MeanShift(nn.Conv2d):
-    """Frozen 1x1 conv: identity weight, bias = sign * rgb_range * mean (§1.2)."""
+    """Frozen 1x1 conv (official `common.py` `MeanShift`): identity weight,
+    bias = sign * rgb_range * mean."""
 
     def __init__(self, rgb_range: float, sign: int):
         super().__init__(3, 3, 1)
         with torch.no_grad():
             self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
+            self.bias.copy_(torch.from_numpy(mean_shift_bias(rgb_range, sign)))
         for p in self.parameters():
             p.requires_grad = False
 
 
 class DynamicDepthwise(nn.Module):
-    """IDR-DDC (§2.1): kernels from the IDR by Linear-LReLU-Linear (bias-free), applied
+    """Twin of IDR-DDC (`kdsr_jax.models.kdsr.IDRDDC`, official `IDR_DDC`): kernels from the IDR by Linear-LReLU-Linear (bias-free), applied
     per sample and channel as a grouped 3x3 cross-correlation, zero padding 1."""
 
     def __init__(self, c: int):
@@ -63,7 +69,7 @@ class DynamicDepthwise(nn.Module):
 
 
 class DynamicBlock(nn.Module):
-    """IDR-DCRB (§2.2): conv1(LReLU(DDC(x, d))) + x."""
+    """Twin of IDR-DCRB (`IDRDCRB`, official `IDR_DCRB`): conv1(LReLU(DDC(x, d))) + x."""
 
     def __init__(self, c: int):
         super().__init__()
@@ -76,7 +82,7 @@ class DynamicBlock(nn.Module):
 
 
 class BlockGroup(nn.Module):
-    """DAG (§2.3): N blocks, same IDR, no inner conv/skip."""
+    """Twin of `BlockGroup` (official `DAG`): N blocks, same IDR, no inner conv/skip."""
 
     def __init__(self, c: int, n: int):
         super().__init__()
@@ -89,18 +95,15 @@ class BlockGroup(nn.Module):
 
 
 def _upsampler(c: int, scale: int) -> nn.Sequential:
-    """§1.4: log2(s) x [conv C->4C, PixelShuffle(2)] or, for s=3, [conv C->9C, PS(3)]."""
+    """Official `common.py` `Upsampler`: [conv C->r^2 C, PixelShuffle(r)] per stage."""
     layers: list[nn.Module] = []
-    if scale == 3:
-        layers += [_conv(c, 9 * c), nn.PixelShuffle(3)]
-    else:
-        for _ in range(int(np.log2(scale))):
-            layers += [_conv(c, 4 * c), nn.PixelShuffle(2)]
+    for r in upsampler_stages(scale):
+        layers += [_conv(c, r * r * c), nn.PixelShuffle(r)]
     return nn.Sequential(*layers)
 
 
 class Generator(nn.Module):
-    """KDSR generator G (§2.4)."""
+    """Twin of G (`Generator`, official `KDSR`)."""
 
     def __init__(self, c: int, n_blocks: int, scale: int, rgb_range: float):
         super().__init__()
@@ -117,7 +120,7 @@ class Generator(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Encoder ResBlock (§1.3): conv-LReLU-conv, + x."""
+    """KD-IDE's ResBlock (official `common.py` `ResBlock`): conv-LReLU-conv, + x."""
 
     def __init__(self, c: int):
         super().__init__()
@@ -127,15 +130,19 @@ class ResBlock(nn.Module):
         return self.body(x) + x
 
 
-class Encoder(nn.Module):
-    """KD-IDE (§3): returns (idr (B, C), fea (B, 4C))."""
+class KDIDE(nn.Module):
+    """Twin of KD-IDE (`kdsr_jax.models.kdsr.KDIDE`, official `KD_IDE`): returns
+    (idr (B, C), fea (B, 4C))."""
 
     def __init__(self, c: int, n_resblocks: int, cin: int):
         super().__init__()
         layers: list[nn.Module] = [_conv(cin, c), _lrelu()]
         layers += [ResBlock(c) for _ in range(n_resblocks)]
-        layers += [_conv(c, 2 * c), _lrelu(), _conv(2 * c, 2 * c), _lrelu(),
-                   _conv(2 * c, 4 * c), _lrelu(), nn.AdaptiveAvgPool2d(1)]
+        width = c
+        for mult in ENCODER_WIDTHS:
+            layers += [_conv(width, mult * c), _lrelu()]
+            width = mult * c
+        layers += [nn.AdaptiveAvgPool2d(1)]
         self.E = nn.Sequential(*layers)
         self.mlp = nn.Sequential(nn.Linear(4 * c, 4 * c), _lrelu(),
                                  nn.Linear(4 * c, 4 * c), _lrelu())
@@ -152,7 +159,7 @@ class StudentTwin(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.G = Generator(spec.n_feats, spec.n_blocks, spec.scale, spec.rgb_range)
-        self.E_st = Encoder(spec.n_feats, spec.n_resblocks, 3)
+        self.E_st = KDIDE(spec.n_feats, spec.n_resblocks, encoder_in_channels("student", spec.scale))
 
     def forward(self, lr):
         idr, _ = self.E_st(lr)
@@ -160,14 +167,14 @@ class StudentTwin(nn.Module):
 
 
 class TeacherTwin(nn.Module):
-    """Teacher BlindSR: `forward(lr, hr)` -> sr; E sees [LR, PixelUnshuffle_s(HR)]
-    (§3.1). Keys `G.*` + `E.*`."""
+    """Teacher BlindSR: `forward(lr, hr)` -> sr; E sees [LR, PixelUnshuffle_s(HR)].
+    Keys `G.*` + `E.*`."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.scale = spec.scale
         self.G = Generator(spec.n_feats, spec.n_blocks, spec.scale, spec.rgb_range)
-        self.E = Encoder(spec.n_feats, spec.n_resblocks, 3 + 3 * spec.scale ** 2)
+        self.E = KDIDE(spec.n_feats, spec.n_resblocks, encoder_in_channels("teacher", spec.scale))
 
     def forward(self, lr, hr):
         idr, _ = self.E(torch.cat([lr, F.pixel_unshuffle(hr, self.scale)], dim=1))
@@ -186,8 +193,6 @@ def build_twin(spec: ModelSpec) -> nn.Module:
 def twin_from_variables(spec: ModelSpec, variables) -> nn.Module:
     """A twin holding exactly the weights of the Flax `variables` (strict load through
     the converter's official-layout state dict)."""
-    from kdsr_jax.convert.mapping import state_dict_from_variables
-
     sd = state_dict_from_variables(spec, variables)
     twin = build_twin(spec)
     twin.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},

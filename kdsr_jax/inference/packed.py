@@ -1,14 +1,12 @@
-"""CPU inference path for G's low-resolution part: every LR feature map kept in one
+"""CPU inference formulation of G's low-resolution part: every LR feature map kept in one
 strip-packed layout from the head conv to the first upsampling conv.
 
 Why: on the CPU, XLA runs a 3x3 conv on both cores only once the image is wide
-(`cpu_conv` explains and measures it), so `cpu_conv.packed_conv` cuts each narrow image
-into horizontal strips laid side by side. Done conv by conv, each conv pays a packing
-copy in and an unpacking copy out. Here the maps stay packed through the head, all N
-IDR-DCRBs and the body conv: one copy in, one out. Measured on the 2-core dev box, LR
-64x64, batch 1, KDSRs-M G: 142 ms vs 152 ms conv by conv (minimum of 20 interleaved
-runs), identical output. (The encoder was tried too and gained nothing: XLA duplicated
-its residual fusions; it stays conv by conv.)
+(`cpu_conv` explains it), so `cpu_conv.packed_conv` cuts each narrow image into
+horizontal strips laid side by side. Done conv by conv, each conv pays a packing copy in
+and an unpacking copy out. Here the maps stay packed through the head, all N IDR-DCRBs
+and the body conv: one copy in, one out (`benchmarks/README.md` has the timings). KD-IDE
+stays conv by conv (packing it whole gained nothing: XLA duplicated its residual fusions).
 
 Layout (`Layout`): image b is cut into `strips` strips of `rows` rows (the last one
 zero-filled below the image); the B*strips strips sit side by side along the width, each
@@ -18,24 +16,28 @@ rows (zeros at the image border): (1, rows + 2 halo, B*strips*(W+1) + 1, C). On 
 3x3 zero-padded conv is 'valid' along the height, and the depthwise dynamic conv is nine
 slices.
 
-Pure functions of `kdsr.Generator`'s parameter dict (same names), float32.
-`Generator` calls `generator` for a plain forward on the CPU, with its own
-module-by-module path supplying the derivatives (`with_reference_gradient`), and uses
-that path for everything else (recorded intermediates, other dtypes, wide images,
-explicit dynconv impls); `tests/test_packed.py` checks they agree.
+What is shared with `kdsr_jax.models.kdsr.Generator` and what is not: the parameters
+(G's own parameter dict, same names), the hyperparameters (read from the `Generator`
+module), IDR-DDC's kernel generator (the module's own `IDRDDC.kernels`, applied to the
+block's parameters) and the layer helpers (MeanShift constants, LReLU, pixel shuffle).
+What remains written out here is the data flow of G through the packed layout (head,
+IDR-DCRB = conv(LReLU(DDC(x))) + x, long skip, upsampler): in this layout a conv is a
+'valid' conv plus a halo refresh and the dynamic conv nine slices of a halo-2 map, so it
+cannot be the modules' NHWC code. `tests/test_packed.py` holds it equal to the module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kdsr_jax.models import cpu_conv
-from kdsr_jax.models.dynconv import kernels_from_torch_order
+from kdsr_jax.inference import cpu_conv
+from kdsr_jax.models.kdsr import IDRDDC, Generator, upsampler_stages
 from kdsr_jax.models.layers import lrelu, mean_shift_bias, pixel_shuffle
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -43,13 +45,17 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where each pixel of a (batch, height, width, C) map lives in the packed layout."""
+    """Where each pixel of a (batch, height, width, C) map lives in the packed layout.
+    `valid_hw` (B, 2) int, optional: each image's true size at the top-left of its
+    (height, width) canvas; everything outside it is then treated like the outside of
+    the image (zero), as the tiling Runner's masked canvases need."""
 
     batch: int
     height: int
     width: int
     strips: int
     rows: int
+    valid_hw: Any = dataclasses.field(default=None, compare=False)
 
     @property
     def strip_width(self) -> int:
@@ -59,31 +65,46 @@ class Layout:
     def packed_width(self) -> int:
         return self.batch * self.strips * self.strip_width + 1  # + a closing zero column
 
-    def valid(self, halo: int) -> np.ndarray:
+    def valid(self, halo: int):
         """(1, rows + 2 halo, packed_width, 1) float32: 1 on image pixels, 0 on gap
-        columns, filler rows and rows beyond the image border."""
+        columns, filler rows and rows beyond the image border (or outside `valid_hw`)."""
         r = np.arange(-halo, self.rows + halo)
-        image_row = np.arange(self.strips)[:, None] * self.rows + r[None, :]
-        row_ok = (image_row >= 0) & (image_row < self.height)            # (k, R)
-        col_ok = np.arange(self.strip_width) > 0                          # (W+1,)
-        m = row_ok[:, :, None] & col_ok[None, None, :]                     # (k, R, W+1)
-        m = np.broadcast_to(m[None], (self.batch,) + m.shape).transpose(2, 0, 1, 3)
-        m = m.reshape(r.size, self.packed_width - 1)
-        m = np.pad(m, ((0, 0), (0, 1)))                                    # closing column
+        image_row = np.arange(self.strips)[:, None] * self.rows + r[None, :]   # (k, R)
+        image_col = np.arange(self.strip_width) - 1                  # (W+1,), -1: the gap
+        if self.valid_hw is None:
+            h, w, xp = np.full((self.batch, 1, 1), self.height), np.full(
+                (self.batch, 1), self.width), np
+        else:
+            h, w, xp = self.valid_hw[:, 0, None, None], self.valid_hw[:, 1, None], jnp
+        row_ok = (image_row >= 0) & (image_row < h)                            # (B, k, R)
+        col_ok = (image_col >= 0) & (image_col < w)                            # (B, W+1)
+        m = row_ok[:, :, :, None] & col_ok[:, None, None, :]                   # (B, k, R, W+1)
+        m = m.transpose(2, 0, 1, 3).reshape(r.size, self.packed_width - 1)
+        m = xp.pad(m, ((0, 0), (0, 1)))                                        # closing column
         return m.reshape(1, r.size, self.packed_width, 1).astype(np.float32)
 
 
-def layout_for(batch: int, height: int, width: int) -> Layout:
+def layout_for(batch: int, height: int, width: int, valid_hw=None) -> Layout:
+    """The packed layout of a (batch, height, width, C) map (`Layout`)."""
     strips = cpu_conv.strips_for(batch, height, width, 3)
-    return Layout(batch, height, width, strips, -(-height // strips))
+    return Layout(batch, height, width, strips, -(-height // strips), valid_hw)
+
+
+def mask_outside(x: jax.Array, valid_hw, factor: int) -> jax.Array:
+    """x (B, H, W, C) with everything outside each image's `valid_hw * factor` zeroed;
+    x itself when `valid_hw` is None."""
+    if valid_hw is None:
+        return x
+    rows = jnp.arange(x.shape[1])[None, :, None] < valid_hw[:, 0, None, None] * factor
+    cols = jnp.arange(x.shape[2])[None, None, :] < valid_hw[:, 1, None, None] * factor
+    return x * (rows & cols)[..., None].astype(x.dtype)
 
 
 def applies(x: jax.Array) -> bool:
     """Whether the packed path pays for an LR input `x` (B, H, W, C): CPU backend,
-    packing on, float32, and an image narrow enough that XLA would not use both cores."""
-    return (cpu_conv.PACKING_ENABLED and jax.default_backend() == "cpu" and x.ndim == 4
-            and x.dtype == jnp.float32 and x.shape[2] < cpu_conv.NARROW_WIDTH
-            and min(x.shape[:3]) >= 1)
+    float32, and an image narrow enough that XLA would not use both cores."""
+    return (jax.default_backend() == "cpu" and x.ndim == 4 and x.dtype == jnp.float32
+            and x.shape[2] < cpu_conv.NARROW_WIDTH and min(x.shape[:3]) >= 1)
 
 
 # ------------------------------------------------------------------ layout changes --
@@ -152,60 +173,44 @@ def dynamic_conv_act(e2: jax.Array, kernels: jax.Array, lay: Layout) -> jax.Arra
     return lrelu(out) * lay.valid(1)
 
 
-def _dense(x, params):
-    y = jnp.dot(x, params["kernel"])
-    return y + params["bias"] if "bias" in params else y
-
-
 # --------------------------------------------------------------------- networks --
 
-def idr_kernels(params, idr: jax.Array) -> jax.Array:
-    """IDR-DDC's kernel generator: (B, C) -> (B, 3, 3, C)."""
-    return kernels_from_torch_order(_dense(lrelu(_dense(idr, params["fc1"])), params["fc2"]))
+def generator(g: Generator, params, lr: jax.Array, idr: jax.Array,
+              valid_hw: jax.Array | None = None) -> jax.Array:
+    """`g.apply({'params': params}, lr, idr)` (float32) with G's LR part (head, blocks,
+    body conv, first upsampling conv) on the packed layout: lr (B, h, w, 3), idr (B, C)
+    -> sr (B, s h, s w, 3).
 
-
-def generator(params, lr: jax.Array, idr: jax.Array, n_blocks: int, stages, rgb_range):
-    """`kdsr.Generator` with its LR part (head, blocks, body conv, first upsampling
-    conv) on the packed layout. `stages`: the upsampler's pixel-shuffle factors."""
-    lay = layout_for(*lr.shape[:3])
-    x = lr + mean_shift_bias(rgb_range, -1)
+    `valid_hw` (B, 2) int, optional: image b fills only the top-left `valid_hw[b]` of
+    its canvas; every feature map is then zero outside it, as if G ran on that image
+    alone (zero padding at its true border), the way the tiling Runner's masked canvas
+    execution runs the modules. The output is zero outside `s * valid_hw`."""
+    stages = upsampler_stages(g.scale)
+    ddc = IDRDDC(g.n_feats, g.impl, jnp.float32)
+    lay = layout_for(*lr.shape[:3], valid_hw=valid_hw)
+    x = lr + mean_shift_bias(g.rgb_range, -1)
     f0 = conv(pack(x, lay, 1), params["head"])
     e = extend(f0, lay, 2)
     f0 = interior(e, lay, 2)                                   # f0 with zeros outside
     body = params["body"]
-    for i in range(n_blocks):
+    for i in range(g.n_blocks):
         block = body[f"block_{i}"]
-        a = dynamic_conv_act(e, idr_kernels(block["ddc"], idr), lay)
+        kernels = ddc.apply({"params": block["ddc"]}, idr, method=IDRDDC.kernels)
+        a = dynamic_conv_act(e, kernels, lay)
         e = extend(conv(a, block["conv"]) + interior(e, lay, 2), lay, 2)
     e = extend(conv(e[:, 1:-1], params["body_conv"]) + f0, lay, 1)     # halo 2 -> 1
-    r = pixel_shuffle(unpack(conv(e, params["up_0"]), lay), stages[0])
-    for k, factor in enumerate(stages[1:], start=1):
-        r = pixel_shuffle(_plain_conv(r, params[f"up_{k}"]), factor)
-    return _plain_conv(r, params["tail"]) + mean_shift_bias(rgb_range, +1)
+    factor = stages[0]
+    r = pixel_shuffle(mask_outside(unpack(conv(e, params["up_0"]), lay), valid_hw, 1), factor)
+    for k, stage in enumerate(stages[1:], start=1):
+        r = mask_outside(_plain_conv(r, params[f"up_{k}"]), valid_hw, factor)
+        r = pixel_shuffle(r, stage)
+        factor *= stage
+    y = mask_outside(_plain_conv(r, params["tail"]), valid_hw, factor)
+    return mask_outside(y + mean_shift_bias(g.rgb_range, +1), valid_hw, factor)
 
 
 def _plain_conv(x, params):
-    """The module path's 3x3 conv (`layers.conv`) on an unpacked map."""
+    """G's 3x3 conv on an unpacked map, strip-packed conv by conv where that pays."""
     y = cpu_conv.conv_general_dilated(x, params["kernel"], (1, 1), ((1, 1), (1, 1)),
                                       dimension_numbers=_NHWC)
     return y + params["bias"]
-
-
-def with_reference_gradient(fast, reference):
-    """`fast` for values, `reference` (the same function, another formulation) for
-    derivatives: under `jax.grad` / `jax.vjp` the forward and backward passes are those
-    of `reference`, so training costs exactly what the module path costs. Reverse mode
-    only (a `jax.custom_vjp`): `jax.jvp` needs the module path (dynconv='shift')."""
-
-    @jax.custom_vjp
-    def f(*args):
-        return fast(*args)
-
-    def f_fwd(*args):
-        return jax.vjp(reference, *args)
-
-    def f_bwd(vjp_fn, cotangent):
-        return vjp_fn(cotangent)
-
-    f.defvjp(f_fwd, f_bwd)
-    return f

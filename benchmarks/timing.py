@@ -3,7 +3,7 @@ several block_until_ready'd runs after warm-up, and CPU thread limiting.
 
 JAX threads on CPU: XLA sizes its CPU thread pool from the CPUs the process may run on
 (the scheduler affinity mask) when its CPU client is created, i.e. at the first JAX
-computation. `limit_cpu_threads(n)` therefore restricts the process affinity to n CPUs
+computation (importing jax does not create it). `limit_cpu_threads(n)` therefore restricts the process affinity to n CPUs
 (`os.sched_setaffinity`) and must run before JAX computes anything; it also calls
 `torch.set_num_threads(n)` when torch is present. On a machine with exactly n CPUs it
 only sets torch's count (the affinity already allows n).
@@ -16,6 +16,8 @@ import os
 import statistics
 import time
 from typing import Any, Callable
+
+import jax
 
 DEFAULT_WARMUP = 2
 DEFAULT_ITERS = 10
@@ -54,8 +56,6 @@ def _check_counts(warmup: int, iters: int) -> None:
 def compile_jax(fn: Callable, *args, static_argnums=()) -> tuple[Callable[[], Any], float]:
     """Jit and compile `fn` for `args`. Returns (a no-argument call that runs it on
     `args` and waits for the result, compile seconds)."""
-    import jax
-
     t0 = time.perf_counter()
     compiled = jax.jit(fn, static_argnums=static_argnums).lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -97,8 +97,6 @@ def time_jax_step(step: Callable, state, *args, warmup: int = DEFAULT_WARMUP,
                   iters: int = DEFAULT_ITERS) -> tuple[Timing, Any]:
     """Time a training step `step(state, *args) -> (state, aux)`: jitted with the state
     donated and fed back, as a training loop runs it. Returns (timing, last aux)."""
-    import jax
-
     _check_counts(warmup, iters)
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, *args).compile()
@@ -147,7 +145,7 @@ def limit_cpu_threads(n: int | None) -> str:
     else:  # pragma: no cover - macOS/Windows
         notes.append("cannot set CPU affinity on this OS; JAX uses all cores")
     try:
-        import torch
+        import torch  # optional dependency
 
         torch.set_num_threads(n)
         notes.append(f"torch.set_num_threads({n})")
