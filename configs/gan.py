@@ -18,6 +18,7 @@ from kdsr_jax.train import config_base
 def get_config(arg=None):
     variants = config_base.parse_arg(arg, ("v2", "demo"))
     c = config_base.base_config("gan")
+    c.kd = config_base.kd_config()                 # KD loss: tau 0.15, weight 1
     c.teacher = ""                                 # --config.teacher=PATH (required)
     c.student = ""                                 # --config.student=PATH (required)
     c.seed = 0

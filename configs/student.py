@@ -20,6 +20,7 @@ def get_config(arg=None):
     variants = config_base.parse_arg(arg, ("L", "aniso", "demo"))
     aniso = "aniso" in variants
     c = config_base.base_config("student")
+    c.kd = config_base.kd_config()                 # KD loss: tau 0.15, weight 1
     c.teacher = ""                                              # --config.teacher=PATH
     c.seed = 1
     c.batch_size = 64

@@ -26,7 +26,6 @@ def _config(name, tmp_path, arg="demo"):
     c.model.update(dict(preset="tiny", **SIZES))
     c.batch_size = 2
     # Small GT (160 px keeps every intermediate of the second-order pipeline > 10 px).
-    c.degradation.gt_input_size = 160
     c.degradation.gt_size = 64
     c.degradation.group_size = 1     # two groups of 1, each with its own pool
     c.degradation.queue_size = 2     # two pairs per pool

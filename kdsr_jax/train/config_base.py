@@ -72,7 +72,6 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8))
     c.schedule = ml_collections.ConfigDict()
     c.ema_decay = 0.0          # 0 = no EMA
-    c.kd = ml_collections.ConfigDict(dict(temperature=KD_TEMPERATURE, weight=KD_WEIGHT))
     c.data = sources.default_data_config()
     # Ours: logging / checkpointing / validation cadence.
     c.log_every_steps = 100
@@ -81,6 +80,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     c.eval_every_steps = 1000
     c.eval = validation_config()
     return c
+
+
+def kd_config() -> ml_collections.ConfigDict:
+    """The KD loss of the student stages (KDSR §3.4): KL with temperature tau, weight."""
+    return ml_collections.ConfigDict(dict(temperature=KD_TEMPERATURE, weight=KD_WEIGHT))
 
 
 def scale_ref(c: ml_collections.ConfigDict) -> config_dict.FieldReference:
@@ -166,11 +170,13 @@ def gan_data_and_degradation(c: ml_collections.ConfigDict) -> None:
     c.data.source = "folder"
     c.data.crop = "pad_or_crop"
     c.augment = "hflip"
-    c.degradation = realesrgan.default_config()
+    # The data crop (400) is the degradation's input: the pipeline reads its size from
+    # the batch, so the yml-side `gt_input_size` is not a training field.
+    c.patch_size = realesrgan.GT_INPUT_SIZE
+    deg = realesrgan.default_config().to_dict()
+    del deg["gt_input_size"]
+    c.degradation = ml_collections.ConfigDict(deg)
     c.degradation.scale = scale_ref(c)
-    gt_crop = config_dict.FieldReference(realesrgan.GT_INPUT_SIZE)
-    c.degradation.gt_input_size = gt_crop
-    c.patch_size = gt_crop            # the data crop is the degradation's input
 
 
 def gan_demo(c: ml_collections.ConfigDict) -> None:
@@ -246,14 +252,11 @@ def _validate_classic(c, scale: int) -> None:
 
 def _validate_gan(c, scale: int) -> None:
     deg = c.degradation
-    if c.patch_size != deg.gt_input_size:
-        _fail(f"patch_size={c.patch_size} contradicts degradation.gt_input_size="
-              f"{deg.gt_input_size}: the data crop is the degradation's input")
     if deg.gt_size % scale:
         _fail(f"degradation.gt_size={deg.gt_size} is not a multiple of model.scale={scale}")
-    if deg.gt_input_size // scale < deg.gt_size // scale:
-        _fail(f"degradation.gt_size={deg.gt_size} is larger than the degraded "
-              f"degradation.gt_input_size={deg.gt_input_size}")
+    if c.patch_size < deg.gt_size:
+        _fail(f"degradation.gt_size={deg.gt_size} (the GT crop after degrading) is larger "
+              f"than patch_size={c.patch_size} (the data crop it is taken from)")
     group = deg.group_size
     if group < 1 or c.batch_size % group:
         _fail(f"batch_size={c.batch_size} is not a multiple of degradation.group_size={group}")
@@ -262,8 +265,8 @@ def _validate_gan(c, scale: int) -> None:
               f"degradation.group_size={group} (one pool per group)")
     try:
         realesrgan.check_config(deg)
-    except ValueError as exc:
-        _fail(str(exc))
+    except ValueError as exc:       # the messages start with the field name
+        _fail(f"degradation.{exc}")
     if c.schedule.kind != "iteration":
         _fail(f"schedule.kind={c.schedule.kind!r}: the GAN stages use 'iteration'")
 
@@ -287,8 +290,22 @@ def _validate_eval(c) -> None:
                                   f"with eval.protocol={e.protocol!r}")
 
 
+# data.<field> -> the data.source that reads it (the others ignore it).
+_SOURCE_FIELDS = {"folder": "folder", "recursive": "folder", "tfds_name": "tfds",
+                  "tfds_split": "tfds", "tfds_data_dir": "tfds", "image_key": "tfds",
+                  "split": "bundled"}
+
+
 def _validate_data(c) -> None:
     d = c.data
+    ref = sources.default_data_config()
+    for name, source in _SOURCE_FIELDS.items():
+        if d.source != source:
+            _check_unused_default(d, name, "data", ref[name],
+                                  f"with data.source={d.source!r} (read by {source!r})")
+    if d.crop != "random":
+        _check_unused_default(d, "small_images", "data", ref.small_images,
+                              f"with data.crop={d.crop!r} (read by 'random')")
     first, last = d.get("first", 0), d.get("last", 0)
     if first < 0 or last < 0 or (first and last and last < first):
         _fail(f"data.first={first} / data.last={last}: a 1-based inclusive range "
