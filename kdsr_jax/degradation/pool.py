@@ -21,7 +21,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-QUEUE_SIZE = 180  # §2.3: per-process pool size of the KDSR-GAN ymls
+QUEUE_SIZE = 180  # per-process pool size of the KDSR-GAN models (queue_size)
 
 
 class PoolError(ValueError):

@@ -1,6 +1,6 @@
 """Random blur and sinc kernels of the Real-ESRGAN degradation used by KDSR-GAN.
 
-Implements reference/DEGRADATION.md §2.1 (kernel generation of the KDSR-GAN dataset,
+Implements the kernel generation of the KDSR-GAN dataset (`RealESRGANDataset`,
 BasicSR 1.4.2 `random_mixed_kernels` / `circular_lowpass_kernel` semantics), in jnp:
 
 * fixed-size building blocks with the BasicSR definitions (`mesh_grid`, `sigma_matrix`,
@@ -29,23 +29,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# reference/DEGRADATION.md §2.1: kernels are padded to 21x21; sizes 2v+1, v = 3..10.
+# RealESRGANDataset: kernels are padded to 21x21; sizes 2v+1, v = 3..10.
 PAD_SIZE = 21
 KERNEL_SIZES = (7, 9, 11, 13, 15, 17, 19, 21)
-# §2.1 random mixed kernel types and their probabilities (the yml kernel_list/prob);
+# Random mixed kernel types and their probabilities (the yml kernel_list/prob);
 # KERNEL_TYPES is also the index order of `mixed_kernel`'s `kernel_type`.
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso",
                 "plateau_iso", "plateau_aniso")
 KERNEL_PROBS = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-# §2.1: rotation θ ~ U[−π, π) for anisotropic types.
+# Rotation θ ~ U[−π, π) for anisotropic types.
 ROTATION_RANGE = (-math.pi, math.pi)
-# §2.1: the sinc cutoff ω_c ~ U[π/3, π) for sizes < 13, U[π/5, π) otherwise;
+# The sinc cutoff ω_c ~ U[π/3, π) for sizes < 13, U[π/5, π) otherwise;
 # the final sinc always uses U[π/3, π).
 SINC_SMALL_SIZE_LIMIT = 13
 SINC_CUTOFF_RANGE_SMALL = (math.pi / 3, math.pi)
 SINC_CUTOFF_RANGE_LARGE = (math.pi / 5, math.pi)
 SINC_CUTOFF_RANGE_FINAL = (math.pi / 3, math.pi)
-# §2.1: with probability 0.5 the shape parameter β is drawn below 1, else above 1.
+# With probability 0.5 the shape parameter β is drawn below 1, else above 1.
 BETA_BELOW_ONE_PROB = 0.5
 # Quarter-period midpoint nodes of the Bessel integral (see `j1`): 4·32 = 128 nodes,
 # accurate to machine precision for x < 60.
@@ -152,7 +152,7 @@ def _normalise(kernel: jax.Array) -> jax.Array:
 
 
 def bivariate_gaussian(kernel_size: int, sig_x, sig_y, theta, isotropic: bool = True):
-    """K ∝ exp(−Q/2), normalised to sum 1 (§2.1). Iso: Σ = σx² I (σy, θ ignored)."""
+    """K ∝ exp(−Q/2), normalised to sum 1 (BasicSR). Iso: Σ = σx² I (σy, θ ignored)."""
     grid = mesh_grid(kernel_size)
     q = _quadratic_form(grid, _covariance(sig_x, sig_y, theta, isotropic))
     return _normalise(jnp.exp(-0.5 * q))
@@ -160,14 +160,14 @@ def bivariate_gaussian(kernel_size: int, sig_x, sig_y, theta, isotropic: bool = 
 
 def bivariate_generalized_gaussian(kernel_size: int, sig_x, sig_y, theta, beta,
                                    isotropic: bool = True):
-    """K ∝ exp(−½ Q^β), normalised to sum 1 (§2.1)."""
+    """K ∝ exp(−½ Q^β), normalised to sum 1 (BasicSR)."""
     grid = mesh_grid(kernel_size)
     q = _quadratic_form(grid, _covariance(sig_x, sig_y, theta, isotropic))
     return _normalise(jnp.exp(-0.5 * jnp.power(q, jnp.asarray(beta, q.dtype))))
 
 
 def bivariate_plateau(kernel_size: int, sig_x, sig_y, theta, beta, isotropic: bool = True):
-    """K ∝ 1 / (1 + Q^β), normalised to sum 1 (§2.1)."""
+    """K ∝ 1 / (1 + Q^β), normalised to sum 1 (BasicSR)."""
     grid = mesh_grid(kernel_size)
     q = _quadratic_form(grid, _covariance(sig_x, sig_y, theta, isotropic))
     return _normalise(1.0 / (jnp.power(q, jnp.asarray(beta, q.dtype)) + 1.0))
@@ -199,7 +199,7 @@ def _sinc_values(cutoff, r: jax.Array) -> jax.Array:
 
 
 def circular_lowpass_kernel(cutoff, kernel_size: int, pad_to: int = 0) -> jax.Array:
-    """2-D sinc (circular low-pass) kernel normalised to sum 1 (§2.1), zero-padded
+    """2-D sinc (circular low-pass) kernel normalised to sum 1 (BasicSR), zero-padded
     (centred) to `pad_to` when that is larger than `kernel_size`."""
     grid = mesh_grid(kernel_size)
     r = jnp.sqrt(grid[..., 0] ** 2 + grid[..., 1] ** 2)
@@ -365,7 +365,7 @@ def random_blur_kernel(key, sigma_range: Sequence[float], betag_range: Sequence[
                        kernel_probs: Sequence[float] = KERNEL_PROBS,
                        kernel_list: Sequence[str] = KERNEL_TYPES,
                        kernel_range: Sequence[int] = KERNEL_SIZES) -> jax.Array:
-    """`kernel1` / `kernel2` of §2.1: size from `kernel_range`; with prob `sinc_prob` a
+    """`kernel1` / `kernel2` of RealESRGANDataset: size from `kernel_range`; with prob `sinc_prob` a
     sinc kernel (ω_c ~ U[π/3, π) if size < 13 else U[π/5, π)), else a random mixed
     kernel of a type from `kernel_list` / `kernel_probs`. (21, 21)."""
     k_size, k_coin, k_cut, k_mixed = jax.random.split(key, 4)
@@ -382,7 +382,7 @@ def random_blur_kernel(key, sigma_range: Sequence[float], betag_range: Sequence[
 
 def random_sinc_kernel(key, final_sinc_prob: float,
                        kernel_range: Sequence[int] = KERNEL_SIZES) -> jax.Array:
-    """The final `sinc_kernel` of §2.1: with prob `final_sinc_prob` a sinc kernel of a
+    """The final `sinc_kernel` of RealESRGANDataset: with prob `final_sinc_prob` a sinc kernel of a
     size from `kernel_range` with ω_c ~ U[π/3, π), else the 21×21 identity."""
     k_coin, k_size, k_cut = jax.random.split(key, 3)
     cutoff = _uniform(k_cut, *SINC_CUTOFF_RANGE_FINAL)

@@ -1,7 +1,8 @@
 """Real-ESRGAN second-order degradation of KDSR-GAN, shape-static for one compilation.
 
-Implements reference/DEGRADATION.md §2.2 steps 1–10 (the `feed_data` of the KDSR-GAN
-models, identical to Real-ESRGAN's) plus the per-sample kernels of §2.1, with explicit
+Implements steps 1–10 of the `feed_data` of the KDSR-GAN models (`kdsrgan/models/*.py`,
+identical to Real-ESRGAN's `RealESRGANModel.feed_data`) plus the per-sample kernels of
+the dataset (`RealESRGANDataset`, see `random_kernels`), with explicit
 `jax.random` keys:
 
  1. blur with per-sample `kernel1`;
@@ -67,26 +68,25 @@ import ml_collections
 
 from kdsr_jax.degradation import filters, interpolate, jpeg, noise, pool, random_kernels
 
-# Resize types, in the order of the yml `resize_prob` lists (§2.2 step 2).
+# Resize types, in the order of the yml `resize_prob` lists (step 2).
 RESIZE_TYPES = ("up", "down", "keep")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
-# §2.2 step 8: the final order coin is a hard-coded 0.5 in feed_data.
+# Step 8: the final order coin is a hard-coded 0.5 in feed_data.
 FINAL_RESIZE_FIRST_PROB = 0.5
-# §2.4: filter2D pads by k // 2 = 10 for the 21x21 kernels.
+# BasicSR filter2D pads by k // 2 = 10 for the 21x21 kernels.
 KERNEL_PAD = random_kernels.PAD_SIZE // 2
-# TRAINING.md §2.1: the dataset pads / crops every GT to 400x400 before the degradation.
+# RealESRGANDataset (400 in the KDSR-GAN ymls) pads / crops every GT to 400x400 before the degradation.
 GT_INPUT_SIZE = 400
-# TRAINING.md §2.1: batch_size_per_gpu 9 -- one set of batch-level draws and one pool
+# The KDSR-GAN ymls' batch_size_per_gpu 9 -- one set of batch-level draws and one pool
 # per process of 9 images.
 GROUP_SIZE = 9
 
 
 def default_config() -> ml_collections.ConfigDict:
     """All values of the KDSR-GAN training ymls that the official pipeline reads
-    (`RealESRGANDataset` + the models' `feed_data`; DEGRADATION.md §2.1–2.3 of the
-    project notes), plus `group_size` and `blur_impl` (ours, see below)."""
+    (`RealESRGANDataset` + the models' `feed_data`), plus `group_size` and `blur_impl` (ours, see below)."""
     c = ml_collections.ConfigDict()
-    # Sizes (TRAINING.md §2.1).
+    # Sizes.
     c.scale = 4
     c.gt_size = 256            # GT crop; LQ crop = gt_size // scale = 64
     c.gt_input_size = GT_INPUT_SIZE   # `ori`: the dataset crops/pads GT to 400x400
@@ -98,7 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
     # devices.
     c.group_size = GROUP_SIZE
     c.queue_size = pool.QUEUE_SIZE     # training-pair pool per group (0 = no pool)
-    # Kernels (§2.1). The kernel size is drawn from kernel_range for all three kernels
+    # Kernels (RealESRGANDataset). The kernel size is drawn from kernel_range for all three kernels
     # (BasicSR hard-codes [7, 9, ..., 21] in the dataset); kernels are padded to
     # blur_kernel_size = 21 (the only value BasicSR supports: its pulse/pad are 21).
     c.kernel_range = list(random_kernels.KERNEL_SIZES)
@@ -109,7 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.blur_sigma = [0.2, 3.0]
     c.betag_range = [0.5, 4.0]
     c.betap_range = [1.0, 2.0]
-    # Second-degradation kernels (§2.1).
+    # Second-degradation kernels.
     c.kernel_list2 = list(random_kernels.KERNEL_TYPES)
     c.kernel_prob2 = list(random_kernels.KERNEL_PROBS)
     c.sinc_prob2 = 0.1
@@ -121,7 +121,7 @@ def default_config() -> ml_collections.ConfigDict:
     # 'fft' (default; ~70x faster on CPU, within 4e-7 of filter2D) or 'direct'
     # (`filters.filter2d`, a grouped convolution).
     c.blur_impl = "fft"
-    # First degradation (§2.2 steps 2–4).
+    # First degradation (steps 2–4).
     c.resize_prob = [0.2, 0.7, 0.1]    # up, down, keep
     c.resize_range = [0.15, 1.5]
     c.gaussian_noise_prob = 0.5
@@ -129,7 +129,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.poisson_scale_range = [0.05, 3.0]
     c.gray_noise_prob = 0.4
     c.jpeg_range = [30.0, 95.0]
-    # Second degradation (§2.2 steps 5–8).
+    # Second degradation (steps 5–8).
     c.second_blur_prob = 0.8
     c.resize_prob2 = [0.3, 0.4, 0.3]
     c.resize_range2 = [0.3, 1.2]
@@ -360,7 +360,7 @@ def _jpeg_in_canvas(img, quality, valid_hw):
 
 
 def degrade_with(gt, kernels, decisions, cfg):
-    """Steps 1–8 of §2.2 with explicit kernels and decisions: the unrounded LR.
+    """Steps 1–8 with explicit kernels and decisions: the unrounded LR.
 
     gt (B, H, W, 3) float in [0, 1]; kernels from `random_kernels.sample_kernels`;
     decisions from `sample_decisions`. Returns (B, H//scale, W//scale, 3) float32.
@@ -404,12 +404,12 @@ def degrade_with(gt, kernels, decisions, cfg):
 
 
 def quantize(x):
-    """§2.2 step 9: clamp(round(255·x), 0, 255) / 255 (round half to even, as torch)."""
+    """Step 9: clamp(round(255·x), 0, 255) / 255 (round half to even, as torch)."""
     return jnp.clip(jnp.round(x * 255.0), 0.0, 255.0) / 255.0
 
 
 def paired_crop(gt, lq, top, left, lq_patch: int, scale: int):
-    """§2.2 step 10: LQ crop at (top, left), GT crop at (scale·top, scale·left)."""
+    """Step 10: LQ crop at (top, left), GT crop at (scale·top, scale·left)."""
     b = gt.shape[0]
     lq_out = jax.lax.dynamic_slice(lq, (0, top, left, 0), (b, lq_patch, lq_patch, 3))
     gp = lq_patch * scale

@@ -26,8 +26,8 @@ from ml_collections import config_dict
 from kdsr_jax.data import sources
 from kdsr_jax.degradation import classic, realesrgan
 
-# Official KDSR KD loss (TRAINING.md §0 of the official code's description): tau 0.15,
-# weight 1, in both the classic and the GAN trainers.
+# The KD loss of the official trainers: tau 0.15 (classic `--temperature`, GAN
+# `kd_opt.temperature`), weight 1, in both the classic and the GAN stages.
 KD_TEMPERATURE = 0.15
 KD_WEIGHT = 1.0
 SCALE = 4                 # every official run is x4
@@ -83,7 +83,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
 
 
 def kd_config() -> ml_collections.ConfigDict:
-    """The KD loss of the student stages (KDSR §3.4): KL with temperature tau, weight."""
+    """The KD loss of the student stages (the paper's KD loss): KL with temperature tau, weight."""
     return ml_collections.ConfigDict(dict(temperature=KD_TEMPERATURE, weight=KD_WEIGHT))
 
 

@@ -1,6 +1,6 @@
 """The training step of each KDSR stage: `step(state, batch, frozen) -> (state, metrics)`.
 
-The paper trains in two stages (KDSR §3.3-3.4): first the teacher KDSR_T, whose KD-IDE
+The paper trains in two stages (KDSR §3): first the teacher KDSR_T, whose KD-IDE
 sees LR and HR; then the student KDSR_S, whose KD-IDE sees only the LR and learns to
 reproduce the teacher's IDR through the KD loss. One factory per stage:
 
@@ -69,7 +69,7 @@ def _teacher_features(teacher, frozen, lr_img, hr):
 
 
 def _student_l1_kd(model, params, lr_img, target, t_fea, temperature):
-    """Student forward: (sr, L1(sr, target), KD(teacher || student)) (paper Eq. 5-7)."""
+    """Student forward: (sr, L1(sr, target), KD(teacher || student)) (the paper's L1 and KD losses)."""
     sr, feats = model.apply({"params": params}, lr_img, return_features=True)
     return sr, losses.l1(sr, target), losses.kd(t_fea, feats["fea"], temperature)
 
