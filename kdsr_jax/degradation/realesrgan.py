@@ -75,7 +75,7 @@ RESIZE_MODES = ("area", "bilinear", "bicubic")
 FINAL_RESIZE_FIRST_PROB = 0.5
 # BasicSR filter2D pads by k // 2 = 10 for the 21x21 kernels.
 KERNEL_PAD = random_kernels.PAD_SIZE // 2
-# RealESRGANDataset (400 in the KDSR-GAN ymls) pads / crops every GT to 400x400 before the degradation.
+# RealESRGANDataset pads / crops every GT to 400x400 before the degradation (KDSR-GAN ymls).
 GT_INPUT_SIZE = 400
 # The KDSR-GAN ymls' batch_size_per_gpu 9 -- one set of batch-level draws and one pool
 # per process of 9 images.
@@ -441,7 +441,7 @@ def sample_all(key, batch_size: int, cfg, gt_hw=None):
 def degrade(key, gt, cfg):
     """The Real-ESRGAN degradation of one batch: (gt_patch, lq_patch).
 
-    gt: (B, H, W, 3) float in [0, 1] (H = W = cfg.gt_input_size = 400 in training).
+    gt: (B, H, W, 3) float in [0, 1] (H = W = GT_INPUT_SIZE = 400 in training).
     Returns GT (B, gt_size, gt_size, 3) and 8-bit-valued LQ (B, gt_size/scale, …, 3)
     patches, float32. Traceable: every size is a traced value, so a jitted caller
     compiles once for all keys. `make_degrade_fn` gives a ready jitted version.

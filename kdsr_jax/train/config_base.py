@@ -279,6 +279,8 @@ def _validate_eval(c) -> None:
         if not (e.lr_folder and e.gt_folder):
             _fail("eval.protocol='paired' needs eval.lr_folder and eval.gt_folder")
         _check_unused_default(e, "folder", "eval", "", "with eval.protocol='paired'")
+        _check_unused_default(e, "max_side", "eval", validation_config().max_side,
+                              "with eval.protocol='paired' (the pairs are used whole)")
     else:
         for name in ("lr_folder", "gt_folder"):
             _check_unused_default(e, name, "eval", "",
