@@ -18,7 +18,7 @@ Sections (`BenchConfig.sections`):
 * ``train``: ('model' in `train_steps`) a self-contained KDSR teacher step (L1 + Adam as
   the official classic `trainer.py`) on ready-made (LR, HR) batches: `train_batch` x
   `train_lr_size`^2 LR patches, steps/s; ('project') the project's own stage-3 step
-  `kdsr_jax.train.steps.make_classic_step` (LR synthesis inside the step) at the same
+  `kdsr_jax.train.steps.make_teacher_step` (LR synthesis inside the step) at the same
   size, reported as skipped while it or the classic degradation is unavailable.
   `train_remat` ('off', 'on', 'both') times the 'model' step with activation
   rematerialisation as well.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -55,7 +56,7 @@ from kdsr_jax import inference
 from kdsr_jax.models import build_model, init_variables
 from kdsr_jax.degradation import classic, realesrgan
 from kdsr_jax.models.spec import preset
-from kdsr_jax.train import losses
+from kdsr_jax.train import losses, state as train_state, steps as train_steps
 
 SECTIONS = ("forward", "train", "pipelines", "memory")
 DEFAULT_SECTIONS = ("forward", "train", "pipelines")
@@ -353,19 +354,19 @@ def bench_train(cfg: BenchConfig, key) -> list:
 
 
 def _bench_training_engineer_step(cfg, spec, key, shape):
-    """The project's own stage-3 step (kdsr_jax.train.steps.make_classic_step), which
+    """The project's own stage-3 step (kdsr_jax.train.steps.make_teacher_step), which
     synthesises the LR batch from uint8 HR inside the step."""
-    # Imported here, not at the top: the training package's stage-step API is being
-    # reworked (issue 11); a mismatch then reports this row as skipped instead of
-    # breaking every other section.
-    from kdsr_jax.train import config_base, state as train_state, steps as train_steps
-
-    config = config_base.classic_stage("teacher", set())
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "teacher.py")
+    module_spec = importlib.util.spec_from_file_location("configs_teacher", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config()
     config.batch_size = cfg.train_batch
     config.patch_size = cfg.train_lr_size * cfg.scale
     config.model.preset = cfg.train_model
     model = build_model(spec)
-    step = train_steps.make_classic_step(config, model)
+    step = train_steps.make_teacher_step(config, model)
     state = train_state.create(params=init_variables(spec, key)["params"],
                                tx=train_state.adam(config.optimizer), seed=cfg.seed)
     hr = np.random.default_rng(cfg.seed).integers(

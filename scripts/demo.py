@@ -20,7 +20,6 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GAUSSIAN8_X4 = (1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2)   # EVALUATION.md §1.3
 
 
 def load_config(name: str, arg: str):
@@ -32,8 +31,10 @@ def load_config(name: str, arg: str):
 
 
 def heldout_table(teacher_dir: str, student_dir: str, eval_cfg) -> dict[str, tuple[float, float]]:
-    """Mean PSNR/SSIM-Y over held-out images x the 8 sigmas for bicubic/teacher/student."""
-    from kdsr_jax import checkpoints, evaluate
+    """Mean PSNR/SSIM-Y over held-out images x the 8 sigmas for bicubic/teacher/student
+    (the training validation's pairs and metrics, `kdsr_jax.train.evaluation`)."""
+    from kdsr_jax import checkpoints
+    from kdsr_jax.evaluate import protocol
     from kdsr_jax.train import evaluation
 
     t_model, t_vars = checkpoints.load(teacher_dir)
@@ -41,17 +42,14 @@ def heldout_table(teacher_dir: str, student_dir: str, eval_cfg) -> dict[str, tup
     t_pred, s_pred = evaluation.make_predict(t_model), evaluation.make_predict(s_model)
     scale = s_model.spec.scale
     scores = {"bicubic": [], "teacher": [], "student": []}
-    for sigma in GAUSSIAN8_X4:
-        cfg = eval_cfg.copy_and_resolve_references()
-        cfg.blur_type, cfg.sig, cfg.noise = "iso_gaussian", sigma, 0.0
-        for pair in evaluation.make_pairs(cfg, scale):
-            hr = evaluation.to_uint8(pair.hr)
-            outs = {"bicubic": evaluation.bicubic_upscale(pair.lr, scale),
-                    "teacher": t_pred(t_vars["params"], pair),
-                    "student": s_pred(s_vars["params"], pair)}
-            for name, sr in outs.items():
-                sr = evaluation.to_uint8(sr)
-                scores[name].append((evaluate.psnr_y(sr, hr, scale), evaluate.ssim_y(sr, hr, scale)))
+    cfg = eval_cfg.copy_and_resolve_references()
+    cfg.protocol = "iso"                     # every image at every Gaussian8 sigma
+    for pair in evaluation.make_pairs(cfg, scale):
+        outs = {"bicubic": protocol.bicubic_upscale(pair.lr, scale),
+                "teacher": t_pred(t_vars["params"], pair),
+                "student": s_pred(s_vars["params"], pair)}
+        for name, sr in outs.items():
+            scores[name].append(protocol.score_synthetic(np.asarray(sr), pair.hr, scale))
     return {k: tuple(np.mean(v, axis=0)) for k, v in scores.items()}
 
 

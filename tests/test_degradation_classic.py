@@ -433,3 +433,8 @@ def test_degrade_rejects_bad_input_at_trace_time(shape, dtype, cfg_kw, match):
     with pytest.raises(ValueError, match=match):
         jax.jit(lambda k, x: classic.degrade(k, x, cfg))(jax.random.PRNGKey(0),
                                                          jnp.zeros(shape, dtype))
+
+
+def test_an_unknown_config_field_is_refused_not_ignored():
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['sigma_max'\]"):
+        classic.resolve({"blur": "iso", "sigma_max": 2.0})

@@ -106,3 +106,12 @@ def test_queue_size_not_divisible_by_batch_raises_clear_error():
         pool.update(pool.init(Q, (3, 3, 3), GT_SHAPE), _batch(0), jax.random.key(0))
     with pytest.raises(ValueError, match="queue_size must be >= 1"):
         pool.init(0, LQ_SHAPE, GT_SHAPE)
+
+
+def test_grouped_pools_are_independent_pools_stacked_on_a_leading_axis():
+    pools = pool.init(4, (2, 2, 3), (8, 8, 3), groups=3)
+    assert pools["lq"].shape == (3, 4, 2, 2, 3) and pools["gt"].shape == (3, 4, 8, 8, 3)
+    assert pools["count"].shape == (3,)
+    single = pool.init(4, (2, 2, 3), (8, 8, 3))
+    for k in ("lq", "gt", "count"):
+        np.testing.assert_array_equal(pools[k][1], single[k])

@@ -228,6 +228,8 @@ def test_sample_kernels_shapes_and_per_sample_variation():
         blur_sigma2, betag_range2, betap_range2, sinc_prob2 = (0.2, 1.5), (0.5, 4), (1, 2), 0.1
         final_sinc_prob = 0.8
         kernel_prob = kernel_prob2 = rk.KERNEL_PROBS
+        kernel_list = kernel_list2 = rk.KERNEL_TYPES
+        kernel_range = rk.KERNEL_SIZES
 
     out = jax.jit(lambda k: rk.sample_kernels(k, 6, Cfg))(jax.random.key(3))
     assert set(out) == {"kernel1", "kernel2", "sinc_kernel"}
@@ -235,3 +237,49 @@ def test_sample_kernels_shapes_and_per_sample_variation():
         assert v.shape == (6, 21, 21) and v.dtype == jnp.float32, name
     k1 = np.asarray(out["kernel1"])
     assert len({k1[i].tobytes() for i in range(6)}) == 6
+
+
+def _types(kernel_list, kernel_prob, n=256):
+    keys = jax.random.split(jax.random.key(7), n)
+    params = jax.vmap(lambda k: rk.random_mixed_params(
+        k, (0.2, 3.0), (0.5, 4.0), (1.0, 2.0), kernel_prob, kernel_list))(keys)
+    return np.asarray(params["kernel_type"])
+
+
+def test_kernel_type_is_chosen_from_kernel_list_by_kernel_prob_as_basicsr():
+    """random.choices(kernel_list, kernel_prob): the probabilities go with the listed
+    names, in the order given, not with a fixed internal order."""
+    reordered = ["aniso", "iso", "generalized_iso", "generalized_aniso", "plateau_iso",
+                 "plateau_aniso"]
+    types = _types(reordered, [1, 0, 0, 0, 0, 0])
+    assert np.all(types == rk.KERNEL_TYPES.index("aniso"))
+    single = _types(["iso"], [1.0])
+    assert np.all(single == rk.KERNEL_TYPES.index("iso"))
+    two = _types(["plateau_aniso", "generalized_iso"], [0.5, 0.5])
+    assert set(two.tolist()) == {rk.KERNEL_TYPES.index("plateau_aniso"),
+                                 rk.KERNEL_TYPES.index("generalized_iso")}
+
+
+def test_default_kernel_list_keeps_the_draws_of_the_yml_order():
+    keys = jax.random.split(jax.random.key(8), 64)
+    a = jax.vmap(lambda k: rk.random_mixed_params(k, (0.2, 3.0), (0.5, 4.0), (1.0, 2.0)))(keys)
+    b = jax.vmap(lambda k: rk.random_mixed_params(k, (0.2, 3.0), (0.5, 4.0), (1.0, 2.0),
+                                                  rk.KERNEL_PROBS, rk.KERNEL_TYPES))(keys)
+    np.testing.assert_array_equal(np.asarray(a["kernel_type"]), np.asarray(b["kernel_type"]))
+
+
+def test_kernel_range_sets_the_sizes_of_blur_and_final_sinc_kernels():
+    keys = jax.random.split(jax.random.key(9), 128)
+    # sinc_prob 1: sinc kernels fill their support (a narrow Gaussian underflows to 0
+    # near its border, so its support cannot be read off the values).
+    blur = np.asarray(jax.vmap(lambda k: rk.random_blur_kernel(
+        k, (0.2, 3.0), (0.5, 4.0), (1.0, 2.0), 1.0, kernel_range=(7, 21)))(keys))
+    assert set(_support_sizes(blur).tolist()) == {7, 21}
+    sinc = np.asarray(jax.vmap(lambda k: rk.random_sinc_kernel(k, 1.0, (9, 13)))(keys))
+    assert set(_support_sizes(sinc).tolist()) == {9, 13}
+
+
+def test_unknown_kernel_type_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown kernel type"):
+        rk.random_mixed_params(jax.random.key(0), (0.2, 3.0), (0.5, 4.0), (1.0, 2.0),
+                               [1.0], ["gauss"])

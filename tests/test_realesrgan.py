@@ -245,7 +245,10 @@ def test_default_config_has_the_yml_values():
     assert cfg.sinc_prob == cfg.sinc_prob2 == 0.1
     assert cfg.blur_sigma == [0.2, 3.0] and cfg.blur_sigma2 == [0.2, 1.5]
     assert cfg.gt_size == 256 and cfg.scale == 4 and cfg.gt_input_size == 400
-    assert cfg.queue_size == 180 and cfg.gt_usm is False
+    assert cfg.queue_size == 180 and cfg.group_size == 9
+    # The ymls' USM flags are read nowhere in the official models but the V2 teacher
+    # input (configs/gan.py usm_teacher_gt): not degradation fields.
+    assert not any("usm" in name for name in cfg)
 
 
 @pytest.mark.parametrize("gt, match", [
@@ -257,3 +260,57 @@ def test_default_config_has_the_yml_values():
 def test_bad_input_raises_value_error_naming_the_shape(gt, match):
     with pytest.raises(ValueError, match=match):
         rg.degrade(jax.random.key(0), gt, _small_cfg())
+
+
+def test_groups_draw_independently_with_keys_from_the_group_index():
+    """Each group of `group_size` images is degraded as if alone, with the key
+    fold_in(key, group): its result does not depend on the other images."""
+    cfg = _small_cfg()
+    cfg.group_size = 1
+    key = jax.random.key(5)
+    gt = _gt(3)
+    _, gt_p, lq_p = rg.degrade_groups(key, gt, cfg)
+    for g in range(B):
+        k_deg, _ = jax.random.split(jax.random.fold_in(key, g))
+        alone_gt, alone_lq = rg.degrade(k_deg, gt[g:g + 1], cfg)
+        np.testing.assert_array_equal(np.asarray(lq_p[g:g + 1]), np.asarray(alone_lq))
+        np.testing.assert_array_equal(np.asarray(gt_p[g:g + 1]), np.asarray(alone_gt))
+    # Changing group 1's image leaves group 0's pair as it was.
+    _, _, lq_other = rg.degrade_groups(key, gt.at[1].set(gt[0] * 0.5), cfg)
+    np.testing.assert_array_equal(np.asarray(lq_other[0]), np.asarray(lq_p[0]))
+
+
+def test_groups_have_their_own_batch_level_decisions():
+    cfg = _small_cfg()
+    cfg.group_size = 1
+    key = jax.random.key(0)
+    firsts = set()
+    for g in range(16):
+        k_deg, _ = jax.random.split(jax.random.fold_in(key, g))
+        _, k_dec = jax.random.split(k_deg)
+        d = rg.sample_decisions(k_dec, 1, cfg, (ORI, ORI))
+        firsts.add((float(d["resize1_factor"]), float(d["resize2_factor"])))
+    assert len(firsts) == 16
+
+
+def test_batch_not_a_multiple_of_the_group_size_is_a_clear_error():
+    cfg = _small_cfg()
+    cfg.group_size = 3
+    with pytest.raises(ValueError, match="group_size 3"):
+        rg.degrade_groups(jax.random.key(0), _gt(), cfg)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("blur_kernel_size", 15, "blur_kernel_size=15"),
+    ("kernel_list", ["iso", "gaussian"], "kernel_list.*gaussian"),
+    ("kernel_prob", [0.5, 0.5], "kernel_prob has 2 entries"),
+    ("kernel_prob2", [0, 0, 0, 0, 0, 0], "kernel_prob2"),
+    ("kernel_range", [7, 8], "kernel_range"),
+    ("kernel_range", [23], "kernel_range"),
+    ("resize_prob", [0.5, 0.5], "resize_prob"),
+])
+def test_fields_the_pipeline_cannot_honour_are_refused_naming_the_field(field, value, match):
+    cfg = rg.default_config()
+    cfg[field] = value
+    with pytest.raises(ValueError, match=match):
+        rg.check_config(cfg)

@@ -26,9 +26,9 @@ def _config(name, tmp_path, arg="demo"):
     c.model.update(dict(preset="tiny", **SIZES))
     c.batch_size = 2
     # Small GT (160 px keeps every intermediate of the second-order pipeline > 10 px).
-    c.degradation.gt_input_size = 160
     c.degradation.gt_size = 64
-    c.degradation.queue_size = 4     # two batches of 2
+    c.degradation.group_size = 1     # two groups of 1, each with its own pool
+    c.degradation.queue_size = 2     # two pairs per pool
     c.patch_size = 160
     if name == "gan":
         c.discriminator.num_feat = 8
@@ -43,15 +43,16 @@ def _config(name, tmp_path, arg="demo"):
     return c
 
 
-def _one_step(config):
+def _one_step(config, n_devices=1, n_steps=1):
     spec = loop.model_spec(config)
     step_fn, state, frozen = loop.build(config, spec, jax.random.PRNGKey(0))
     before = jax.device_get(state)
-    mesh = sharding.make_mesh(1)
+    mesh = sharding.make_mesh(n_devices)
     fn = sharding.jit_step(step_fn, mesh)
-    hr = np.random.RandomState(0).randint(0, 256, (2, 160, 160, 3)).astype(np.uint8)
-    state, metrics = fn(sharding.replicate(state, mesh), sharding.global_batch({"hr": hr}, mesh),
-                        sharding.replicate(frozen, mesh))
+    state, frozen = sharding.replicate(state, mesh), sharding.replicate(frozen, mesh)
+    for i in range(n_steps):
+        hr = np.random.RandomState(i).randint(0, 256, (2, 160, 160, 3)).astype(np.uint8)
+        state, metrics = fn(state, sharding.global_batch({"hr": hr}, mesh), frozen)
     return before, jax.device_get(state), jax.device_get(metrics)
 
 
@@ -62,7 +63,8 @@ def _leaves_close(a, b, **kw):
 
 def test_gan_teacher_step_updates_g_and_ema_with_decay_0_999_and_fills_the_pool(tmp_path):
     before, after, metrics = _one_step(_config("gan_teacher", tmp_path))
-    assert int(after.pool["count"]) == 2 and after.pool["gt"].shape == (4, 64, 64, 3)
+    # One pool per group: (groups, queue_size, ...), each holding its group's pair.
+    assert after.pool["count"].tolist() == [1, 1] and after.pool["gt"].shape == (2, 2, 64, 64, 3)
     assert np.isfinite(metrics["loss"]) and metrics["lr"] == pytest.approx(1e-4)
     expected = jax.tree.map(lambda e, p: 0.999 * e + 0.001 * p, before.ema_params, after.params)
     _leaves_close(after.ema_params, expected, rtol=1e-6, atol=1e-7)
@@ -91,4 +93,16 @@ def test_kdsrgan_step_updates_g_then_d_with_all_four_g_losses(tmp_path, variant)
     assert moved(before.d_params, after.d_params) > 0
     assert moved(before.d_spectral, after.d_spectral) > 0
     assert moved(before.params, after.params) > 0
-    assert int(after.d_opt_state.count) == 1
+    assert {int(s.count) for s in jax.tree.leaves(
+        after.d_opt_state, is_leaf=lambda x: hasattr(x, "count"))} == {1}
+
+
+def test_gan_step_with_per_group_pools_is_the_same_on_2_devices_as_on_1(tmp_path):
+    """Three steps (pools filled, then mixing): the groups' draws and pools do not depend
+    on how many devices run the step."""
+    config = _config("gan_teacher", tmp_path)
+    _, one, m1 = _one_step(config, 1, 3)
+    _, two, m2 = _one_step(config, 2, 3)
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(two.pool["lq"], one.pool["lq"], rtol=1e-5, atol=1e-6)
+    _leaves_close(two.params, one.params, rtol=1e-4, atol=1e-5)

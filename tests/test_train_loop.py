@@ -95,10 +95,10 @@ def test_sigterm_finishes_the_step_saves_and_returns(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path,
                                                                                 monkeypatch):
-    real = steps.make_classic_step
+    real = steps.make_step
 
-    def poisoned(config, model, teacher=None):
-        fn = real(config, model, teacher)
+    def poisoned(config, model, teacher=None, discriminator=None):
+        fn = real(config, model, teacher, discriminator)
 
         def step(state, batch, frozen):
             new_state, metrics = fn(state, batch, frozen)
@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(t
             return new_state, {**metrics, "loss": metrics["loss"] * bad}
         return step
 
-    monkeypatch.setattr(steps, "make_classic_step", poisoned)
+    monkeypatch.setattr(steps, "make_step", poisoned)
     with pytest.raises(loop.NonFiniteLossError, match="step 3.*Last good checkpoint: step 2"):
         loop.train_and_evaluate(_config(total_steps=8), str(tmp_path), num_devices=1,
                                 progress=False)

@@ -43,7 +43,7 @@ def _run(step_fn, params, n_devices, n_steps, frozen=None):
 def test_teacher_step_on_8_devices_equals_1_device_at_same_global_batch():
     spec = _spec("teacher")
     params = models.init_variables(spec, jax.random.PRNGKey(0), (8, 8))["params"]
-    fn = steps.make_classic_step(_config("teacher"), models.build_model(spec))
+    fn = steps.make_teacher_step(_config("teacher"), models.build_model(spec))
     s1, m1 = _run(fn, params, 1, 2)
     s8, m8 = _run(fn, params, 8, 2)
     assert int(s8.step) == 2
@@ -61,7 +61,7 @@ def _student_setup(encoder_epochs=0):
     t_vars = {"params": models.init_variables(t_spec, jax.random.PRNGKey(1), (8, 8))["params"]}
     s_params = models.init_variables(s_spec, jax.random.PRNGKey(2), (8, 8))["params"]
     s_params = {**s_params, "G": t_vars["params"]["G"]}
-    fn = steps.make_classic_step(_config("student", encoder_epochs), models.build_model(s_spec),
+    fn = steps.make_student_step(_config("student", encoder_epochs), models.build_model(s_spec),
                                  models.build_model(t_spec))
     return fn, s_params, t_vars
 
@@ -87,6 +87,68 @@ def test_encoder_only_phase_trains_only_the_student_encoder_with_kd():
     np.testing.assert_allclose(metrics["loss"], metrics["kd"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_before), jax.tree.leaves(state.params["G"])):
         np.testing.assert_array_equal(a, b)
-    assert int(state.opt_state["G"].count) == 0 and int(state.opt_state["E"].count) == 2
+    # torch skips parameters without a gradient: G and the encoder's `compress` (the KD
+    # loss reads only the MLP output) keep their Adam step count at 0.
+    counts = {"/".join(k.key for k in path): int(s.count) for path, s in
+              jax.tree_util.tree_flatten_with_path(
+                  state.opt_state, is_leaf=lambda x: hasattr(x, "count"))[0]}
+    assert all(v == 0 for k, v in counts.items() if k.startswith("G/"))
+    assert counts["E/compress/kernel"] == counts["E/compress/bias"] == 0
+    assert all(v == 2 for k, v in counts.items()
+               if k.startswith("E/") and not k.startswith("E/compress"))
+    np.testing.assert_array_equal(state.params["E"]["compress"]["kernel"],
+                                  e_before["compress"]["kernel"])
     assert max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(e_before), jax.tree.leaves(state.params["E"]))) > 0
+
+
+def test_adam_skips_a_parameter_without_gradient_like_torch_step_count_included():
+    """3 steps in which `b` gets no gradient (torch: grad None), then 2 steps with one;
+    both arrays must follow torch.optim.Adam (its `b` starts bias correction at step 1)."""
+    torch = __import__("torch")
+    rng = np.random.RandomState(0)
+    init = {"a": rng.randn(4, 3).astype(np.float32), "b": rng.randn(5).astype(np.float32)}
+    grads = [{"a": rng.randn(4, 3).astype(np.float32), "b": rng.randn(5).astype(np.float32)}
+             for _ in range(5)]
+    lr, cfg = 1e-2, ml_collections.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8))
+
+    tp = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
+    opt = torch.optim.Adam(list(tp.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    for i, g in enumerate(grads):
+        opt.zero_grad(set_to_none=True)
+        tp["a"].grad = torch.tensor(g["a"])
+        if i >= 3:
+            tp["b"].grad = torch.tensor(g["b"])
+        opt.step()
+
+    tx = state_lib.adam(cfg)
+    params = jax.tree.map(jax.numpy.asarray, init)
+    opt_state = state_lib.init_adam(tx, params)
+    for i, g in enumerate(grads):
+        params, opt_state = state_lib.adam_update(tx, params, g, opt_state, lr,
+                                                  received={"a": True, "b": i >= 3})
+    # The moves from the start agree to float32 rounding (optax and torch order the
+    # bias-corrected division differently); the shared counter misses by far more.
+    moved = lambda x, k: np.asarray(x) - init[k]  # noqa: E731
+    for k in ("a", "b"):
+        np.testing.assert_allclose(moved(params[k], k), moved(tp[k].detach().numpy(), k),
+                                   rtol=2e-5, atol=1e-7, err_msg=k)
+    assert int(opt_state["b"].count) == 2 and int(opt_state["a"].count) == 5
+    # The shared-counter behaviour (count 5 for `b`) moves `b` by a different amount.
+    shared = jax.tree.map(jax.numpy.asarray, init)
+    s_state = tx.init(shared)
+    for i, g in enumerate(grads):
+        u, s_state = tx.update({"a": g["a"], "b": g["b"] * (i >= 3)}, s_state, shared)
+        shared = jax.tree.map(lambda p, v: p - lr * v, shared, u)
+    wrong = np.abs(moved(shared["b"], "b") / moved(tp["b"].detach().numpy(), "b") - 1)
+    assert wrong.min() > 0.1      # 35-47 % off here
+
+
+def test_reached_by_marks_only_the_arrays_the_loss_reads():
+    params = {"used": jax.numpy.ones(3), "dead": jax.numpy.ones(2), "aux": jax.numpy.ones(1)}
+
+    def loss(p):
+        _ = p["dead"] * 2.0            # computed, but not part of the loss
+        return jax.numpy.sum(p["used"] ** 2)
+
+    assert state_lib.reached_by(loss, params) == {"used": True, "dead": False, "aux": False}

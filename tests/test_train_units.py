@@ -137,3 +137,73 @@ def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise():
     a = jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 32, 3))
     assert float(losses.perceptual(fn, a, a, w)) == 0.0
     assert float(losses.perceptual(fn, a, a * 0.5, w)) > 0.0
+
+
+# ------------------------------------------------- training data range, validation --
+
+def _write_pngs(folder, n, size=(40, 48)):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 256, size + (3,)).astype(np.uint8)).save(
+            folder / f"{i + 1:04d}.png")
+    return folder
+
+
+def test_data_first_last_select_the_official_style_1_based_inclusive_range(tmp_path):
+    from kdsr_jax.data import sources
+
+    folder = _write_pngs(tmp_path / "hr", 5)
+    cfg = sources.default_data_config()
+    cfg.source, cfg.folder, cfg.first, cfg.last = "folder", str(folder), 2, 4
+    src = sources.make_source(cfg)
+    assert [n.rsplit("/", 1)[-1] for n in src._names] == ["0002.png", "0003.png", "0004.png"]
+    cfg.first, cfg.last = 1, 3450              # DF2K's range on a smaller folder: all 5
+    assert len(sources.make_source(cfg)) == 5
+    cfg.first, cfg.last = 6, 0
+    with pytest.raises(ValueError, match="data.first=6"):
+        sources.make_source(cfg)
+
+
+def _eval_cfg(**kw):
+    from kdsr_jax.train import config_base
+
+    e = config_base.validation_config()
+    e.num_images, e.max_side = 1, 48
+    e.update(kw)
+    return e
+
+
+def test_iso_validation_averages_the_gaussian8_sigmas_of_the_scale():
+    from kdsr_jax.evaluate import protocol
+    from kdsr_jax.train import evaluation
+
+    pairs = evaluation.make_pairs(_eval_cfg(), 4)
+    assert [p.name.split(" ", 1)[1] for p in pairs] == [
+        f"iso sig={s:g}" for s in protocol.GAUSSIAN8_SIGMAS[4]]
+    assert pairs[0].hr.shape == (48, 48, 3) and pairs[0].lr.shape == (12, 12, 3)
+    assert len(evaluation.make_pairs(_eval_cfg(), 3)) == 8          # ours at x3
+    aniso = evaluation.make_pairs(_eval_cfg(protocol="aniso"), 4)
+    assert [p.name.split(" ", 1)[1] for p in aniso] == [
+        "aniso l1=4 l2=1.5 theta=120 noise=10"]
+    # The LR is the evaluation protocol's (same key, same synthesis).
+    deg = protocol.Degradation("iso_gaussian", sig=1.8)
+    np.testing.assert_array_equal(pairs[0].lr, protocol.synthesize_lr(
+        pairs[0].hr, deg, 4, protocol.noise_key(0, 0, 0)))
+
+
+def test_validation_on_a_benchmark_folder_and_on_paired_folders(tmp_path):
+    from kdsr_jax.train import evaluation
+
+    hr = _write_pngs(tmp_path / "Set14" / "HR", 2)
+    pairs = evaluation.make_pairs(_eval_cfg(folder=str(hr), num_images=0, max_side=0), 4)
+    assert len(pairs) == 16 and pairs[0].hr.shape == (40, 48, 3)
+    lq = _write_pngs(tmp_path / "lq", 2, size=(10, 12))
+    paired = evaluation.make_pairs(_eval_cfg(protocol="paired", lr_folder=str(lq),
+                                             gt_folder=str(hr), num_images=0), 4)
+    assert [p.paired for p in paired] == [True, True] and paired[0].lr.shape == (10, 12, 3)
+    scores, srs = evaluation.run(lambda params, pair: np.zeros(
+        (pair.lr.shape[0] * 4, pair.lr.shape[1] * 4, 3), np.float32), None, paired, 4)
+    assert np.isfinite(scores["psnr_y"]) and srs[0].dtype == np.uint8

@@ -57,6 +57,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.image_key = "image"         # feature holding the HR image ('image' or 'hr')
     cfg.split = "train"             # source='bundled': 'train' | 'heldout' | 'all'
     cfg.min_size = 0                # skip images whose shorter side is below this
+    # folder / tfds: use only items first..last (1-based, inclusive, of the sorted names;
+    # 0 = from the first / to the last), e.g. 1..3450 = the official DF2K range.
+    cfg.first = 0
+    cfg.last = 0
     cfg.cache_mb = DEFAULT_CACHE_MB  # LRU budget for decoded images (per process)
     # Host pipeline (kdsr_jax.data.pipeline).
     cfg.crop = "random"             # 'random' (§1.1) | 'pad_or_crop' (GAN, §2.1)
@@ -208,11 +212,12 @@ class FolderSource(HRSource):
     """All images under a folder (recursive by default), sorted by relative path."""
 
     def __init__(self, folder, *, recursive: bool = True, min_size: int = 0,
-                 cache_mb: float = DEFAULT_CACHE_MB):
+                 cache_mb: float = DEFAULT_CACHE_MB, first: int = 0, last: int = 0):
         self.folder = str(folder)
         paths = images.list_images(folder, recursive=recursive)
         if not paths:
             raise ValueError(f"{folder}: no image files (extensions {', '.join(images.IMAGE_EXTENSIONS)})")
+        paths = select_range(paths, first, last, f"image folder {folder}")
         keep, skipped = [], {}
         for path in paths:
             try:
@@ -233,6 +238,22 @@ class FolderSource(HRSource):
 
     def _decode(self, index: int) -> np.ndarray:
         return images.load_image(self._names[index])
+
+
+def select_range(names: list, first: int = 0, last: int = 0, label: str = "source") -> list:
+    """names[first-1 : last] (1-based, inclusive; 0 = open end), as the official
+    `--data_range 1-3450`. A `last` beyond the end keeps what there is (logged once)."""
+    first, last = int(first or 0), int(last or 0)
+    if not first and not last:
+        return list(names)
+    if first < 0 or last < 0 or (last and last < max(first, 1)):
+        raise ValueError(f"data.first={first} / data.last={last}: not a 1-based range")
+    if max(first, 1) > len(names):
+        raise ValueError(f"{label}: data.first={first} but only {len(names)} images")
+    if last > len(names):
+        logger.warning("%s: data.last=%d but only %d images; using %d..%d", label, last,
+                       len(names), max(first, 1), len(names))
+    return list(names[max(first, 1) - 1:(last or len(names))])
 
 
 def _reason(name: str, exc: Exception) -> str:
@@ -329,7 +350,8 @@ def make_source(data_cfg, *, min_size: int | None = None) -> HRSource:
         if not data_cfg.get("folder"):
             raise ValueError("data.source='folder' needs data.folder")
         return FolderSource(data_cfg.get("folder"), recursive=data_cfg.get("recursive", True),
-                            min_size=floor, cache_mb=cache_mb)
+                            min_size=floor, cache_mb=cache_mb, first=data_cfg.get("first", 0),
+                            last=data_cfg.get("last", 0))
     if kind == "tfds":
         return TfdsSource(data_cfg.get("tfds_name", ""), split=data_cfg.get("tfds_split", "train"),
                           data_dir=data_cfg.get("tfds_data_dir") or None,

@@ -120,6 +120,10 @@ def resolve(cfg: Any) -> Settings:
     raw = dict(cfg.items()) if hasattr(cfg, "items") else None
     if raw is None:
         raise ValueError(f"classic: expected a config mapping, got {type(cfg).__name__}")
+    unknown = sorted(n for n in raw if n not in base and n not in ALIASES)
+    if unknown:
+        raise ValueError(f"classic: unknown config field(s) {unknown}; expected "
+                         f"{sorted(base)} (or the official names {sorted(ALIASES)})")
     for name, value in raw.items():
         if name in base:
             base[name] = value

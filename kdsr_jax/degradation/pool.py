@@ -1,6 +1,7 @@
 """Training-pair pool of the Real-ESRGAN pipeline as explicit, checkpointable state.
 
-Implements reference/DEGRADATION.md §2.3 (BasicSR `_dequeue_and_enqueue`): because the
+Implements the training-pair pool of the KDSR-GAN / Real-ESRGAN models (BasicSR
+`RealESRGANModel._dequeue_and_enqueue`): because the
 resize/noise/order decisions are shared by a whole batch, KDSR-GAN mixes pairs of
 different iterations through a pool of `queue_size = 180` (LQ, GT) pairs per process:
 
@@ -20,7 +21,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-QUEUE_SIZE = 180  # §2.3: per-process pool size of the KDSR-GAN ymls
+QUEUE_SIZE = 180  # per-process pool size of the KDSR-GAN models (queue_size)
 
 
 class PoolError(ValueError):
@@ -28,18 +29,21 @@ class PoolError(ValueError):
 
 
 def init(queue_size: int, lq_shape: Sequence[int], gt_shape: Sequence[int],
-         dtype=jnp.float32) -> dict[str, jax.Array]:
+         dtype=jnp.float32, groups: int = 0) -> dict[str, jax.Array]:
     """Empty pool: lq (Q, *lq_shape), gt (Q, *gt_shape), count (int32 scalar).
 
     lq_shape / gt_shape are the per-pair shapes, e.g. (64, 64, 3) and (256, 256, 3).
+    `groups` > 0: that many independent pools stacked on a leading axis (one per group
+    of the per-process batch, `realesrgan.degrade_groups`).
     """
     if int(queue_size) < 1:
         raise PoolError(f"pool.init: queue_size must be >= 1, got {queue_size!r}")
+    lead = (int(groups),) if groups else ()
     q = int(queue_size)
     return {
-        "lq": jnp.zeros((q,) + tuple(lq_shape), dtype),
-        "gt": jnp.zeros((q,) + tuple(gt_shape), dtype),
-        "count": jnp.zeros((), jnp.int32),
+        "lq": jnp.zeros(lead + (q,) + tuple(lq_shape), dtype),
+        "gt": jnp.zeros(lead + (q,) + tuple(gt_shape), dtype),
+        "count": jnp.zeros(lead, jnp.int32),
     }
 
 

@@ -1,6 +1,6 @@
 """Random blur and sinc kernels of the Real-ESRGAN degradation used by KDSR-GAN.
 
-Implements reference/DEGRADATION.md §2.1 (kernel generation of the KDSR-GAN dataset,
+Implements the kernel generation of the KDSR-GAN dataset (`RealESRGANDataset`,
 BasicSR 1.4.2 `random_mixed_kernels` / `circular_lowpass_kernel` semantics), in jnp:
 
 * fixed-size building blocks with the BasicSR definitions (`mesh_grid`, `sigma_matrix`,
@@ -29,22 +29,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# reference/DEGRADATION.md §2.1: kernels are padded to 21x21; sizes 2v+1, v = 3..10.
+# RealESRGANDataset: kernels are padded to 21x21; sizes 2v+1, v = 3..10.
 PAD_SIZE = 21
 KERNEL_SIZES = (7, 9, 11, 13, 15, 17, 19, 21)
-# §2.1 random mixed kernel types and their probabilities (the yml kernel_list/prob).
+# Random mixed kernel types and their probabilities (the yml kernel_list/prob);
+# KERNEL_TYPES is also the index order of `mixed_kernel`'s `kernel_type`.
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso",
                 "plateau_iso", "plateau_aniso")
 KERNEL_PROBS = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-# §2.1: rotation θ ~ U[−π, π) for anisotropic types.
+# Rotation θ ~ U[−π, π) for anisotropic types.
 ROTATION_RANGE = (-math.pi, math.pi)
-# §2.1: the sinc cutoff ω_c ~ U[π/3, π) for sizes < 13, U[π/5, π) otherwise;
+# The sinc cutoff ω_c ~ U[π/3, π) for sizes < 13, U[π/5, π) otherwise;
 # the final sinc always uses U[π/3, π).
 SINC_SMALL_SIZE_LIMIT = 13
 SINC_CUTOFF_RANGE_SMALL = (math.pi / 3, math.pi)
 SINC_CUTOFF_RANGE_LARGE = (math.pi / 5, math.pi)
 SINC_CUTOFF_RANGE_FINAL = (math.pi / 3, math.pi)
-# §2.1: with probability 0.5 the shape parameter β is drawn below 1, else above 1.
+# With probability 0.5 the shape parameter β is drawn below 1, else above 1.
 BETA_BELOW_ONE_PROB = 0.5
 # Quarter-period midpoint nodes of the Bessel integral (see `j1`): 4·32 = 128 nodes,
 # accurate to machine precision for x < 60.
@@ -151,7 +152,7 @@ def _normalise(kernel: jax.Array) -> jax.Array:
 
 
 def bivariate_gaussian(kernel_size: int, sig_x, sig_y, theta, isotropic: bool = True):
-    """K ∝ exp(−Q/2), normalised to sum 1 (§2.1). Iso: Σ = σx² I (σy, θ ignored)."""
+    """K ∝ exp(−Q/2), normalised to sum 1 (BasicSR). Iso: Σ = σx² I (σy, θ ignored)."""
     grid = mesh_grid(kernel_size)
     q = _quadratic_form(grid, _covariance(sig_x, sig_y, theta, isotropic))
     return _normalise(jnp.exp(-0.5 * q))
@@ -159,14 +160,14 @@ def bivariate_gaussian(kernel_size: int, sig_x, sig_y, theta, isotropic: bool = 
 
 def bivariate_generalized_gaussian(kernel_size: int, sig_x, sig_y, theta, beta,
                                    isotropic: bool = True):
-    """K ∝ exp(−½ Q^β), normalised to sum 1 (§2.1)."""
+    """K ∝ exp(−½ Q^β), normalised to sum 1 (BasicSR)."""
     grid = mesh_grid(kernel_size)
     q = _quadratic_form(grid, _covariance(sig_x, sig_y, theta, isotropic))
     return _normalise(jnp.exp(-0.5 * jnp.power(q, jnp.asarray(beta, q.dtype))))
 
 
 def bivariate_plateau(kernel_size: int, sig_x, sig_y, theta, beta, isotropic: bool = True):
-    """K ∝ 1 / (1 + Q^β), normalised to sum 1 (§2.1)."""
+    """K ∝ 1 / (1 + Q^β), normalised to sum 1 (BasicSR)."""
     grid = mesh_grid(kernel_size)
     q = _quadratic_form(grid, _covariance(sig_x, sig_y, theta, isotropic))
     return _normalise(1.0 / (jnp.power(q, jnp.asarray(beta, q.dtype)) + 1.0))
@@ -198,7 +199,7 @@ def _sinc_values(cutoff, r: jax.Array) -> jax.Array:
 
 
 def circular_lowpass_kernel(cutoff, kernel_size: int, pad_to: int = 0) -> jax.Array:
-    """2-D sinc (circular low-pass) kernel normalised to sum 1 (§2.1), zero-padded
+    """2-D sinc (circular low-pass) kernel normalised to sum 1 (BasicSR), zero-padded
     (centred) to `pad_to` when that is larger than `kernel_size`."""
     grid = mesh_grid(kernel_size)
     r = jnp.sqrt(grid[..., 0] ** 2 + grid[..., 1] ** 2)
@@ -270,9 +271,45 @@ def _uniform(key, lo, hi):
     return jax.random.uniform(key, (), _float_dtype(), lo, hi)
 
 
-def random_kernel_size(key) -> jax.Array:
-    """Odd size uniformly from KERNEL_SIZES (int32 scalar)."""
-    return jax.random.choice(key, jnp.asarray(KERNEL_SIZES, jnp.int32))
+def random_kernel_size(key, kernel_range: Sequence[int] = KERNEL_SIZES) -> jax.Array:
+    """Odd size drawn uniformly from `kernel_range` (BasicSR `random.choice(kernel_range)`;
+    int32 scalar)."""
+    return jax.random.choice(key, jnp.asarray(kernel_range, jnp.int32))
+
+
+def kernel_type_indices(kernel_list: Sequence[str]) -> tuple[int, ...]:
+    """Indices into KERNEL_TYPES of the yml `kernel_list` names; ValueError naming the
+    unknown name otherwise."""
+    unknown = [name for name in kernel_list if name not in KERNEL_TYPES]
+    if unknown or not kernel_list:
+        raise ValueError(f"kernel_list {list(kernel_list)}: unknown kernel type(s) "
+                         f"{unknown}; expected a non-empty list of {KERNEL_TYPES}")
+    return tuple(KERNEL_TYPES.index(name) for name in kernel_list)
+
+
+def check_kernel_choice(kernel_list: Sequence[str], kernel_prob: Sequence[float],
+                        names: tuple[str, str] = ("kernel_list", "kernel_prob")) -> None:
+    """A `kernel_list` / `kernel_prob` pair BasicSR's `random.choices` accepts:
+    known types, one non-negative weight per entry, a positive total."""
+    try:
+        kernel_type_indices(kernel_list)
+    except ValueError as exc:
+        raise ValueError(f"{names[0]}: {exc}") from None
+    if len(kernel_prob) != len(kernel_list):
+        raise ValueError(f"{names[1]} has {len(kernel_prob)} entries but {names[0]} has "
+                         f"{len(kernel_list)}: one probability per kernel type")
+    if min(kernel_prob) < 0 or sum(kernel_prob) <= 0:
+        raise ValueError(f"{names[1]}={list(kernel_prob)}: weights must be >= 0 with a "
+                         "positive sum")
+
+
+def check_kernel_range(kernel_range: Sequence[int], name: str = "kernel_range") -> None:
+    """Kernel sizes must be odd, between 3 and PAD_SIZE (kernels are padded to 21x21)."""
+    bad = [k for k in kernel_range
+           if not isinstance(k, int) or k % 2 == 0 or not 3 <= k <= PAD_SIZE]
+    if bad or not kernel_range:
+        raise ValueError(f"{name}={list(kernel_range)}: sizes must be odd ints in "
+                         f"[3, {PAD_SIZE}] (bad: {bad})")
 
 
 def _random_beta(key, beta_range):
@@ -285,17 +322,22 @@ def _random_beta(key, beta_range):
 
 def random_mixed_params(key, sigma_range: Sequence[float], betag_range: Sequence[float],
                         betap_range: Sequence[float],
-                        kernel_probs: Sequence[float] = KERNEL_PROBS) -> dict[str, jax.Array]:
+                        kernel_probs: Sequence[float] = KERNEL_PROBS,
+                        kernel_list: Sequence[str] = KERNEL_TYPES) -> dict[str, jax.Array]:
     """Parameters of one BasicSR `random_mixed_kernels` draw (noise_range=None).
 
-    Type ~ kernel_probs over KERNEL_TYPES; σx ~ U[sigma_range); anisotropic types also
+    Type: an entry of `kernel_list` drawn with the weights `kernel_probs` (BasicSR
+    `random.choices(kernel_list, kernel_prob)`), returned as its index into
+    KERNEL_TYPES; σx ~ U[sigma_range); anisotropic types also
     σy ~ U[sigma_range) and θ ~ U[−π, π) (isotropic: σy = σx, θ = 0); β per family
     (generalized: betag_range, plateau: betap_range; Gaussian: 1, unused) with prob 0.5
     from U[lo, 1), else from U[1, hi).
     """
     k_type, k_sx, k_sy, k_theta, k_bg, k_bp = jax.random.split(key, 6)
+    check_kernel_choice(kernel_list, kernel_probs)
     probs = jnp.asarray(kernel_probs, _float_dtype())
-    kernel_type = jax.random.choice(k_type, len(KERNEL_TYPES), p=probs / jnp.sum(probs))
+    entry = jax.random.choice(k_type, len(kernel_list), p=probs / jnp.sum(probs))
+    kernel_type = jnp.asarray(kernel_type_indices(kernel_list), jnp.int32)[entry]
     isotropic = jnp.asarray(_TYPE_ISOTROPIC)[kernel_type]
     family = jnp.asarray(_TYPE_FAMILY)[kernel_type]
     sig_x = _uniform(k_sx, *sigma_range)
@@ -310,51 +352,60 @@ def random_mixed_params(key, sigma_range: Sequence[float], betag_range: Sequence
 
 def random_mixed_kernel(key, kernel_size, sigma_range: Sequence[float],
                         betag_range: Sequence[float], betap_range: Sequence[float],
-                        kernel_probs: Sequence[float] = KERNEL_PROBS) -> jax.Array:
+                        kernel_probs: Sequence[float] = KERNEL_PROBS,
+                        kernel_list: Sequence[str] = KERNEL_TYPES) -> jax.Array:
     """One random mixed kernel (see `random_mixed_params`) of a traced size, padded to 21."""
-    params = random_mixed_params(key, sigma_range, betag_range, betap_range, kernel_probs)
+    params = random_mixed_params(key, sigma_range, betag_range, betap_range, kernel_probs,
+                                 kernel_list)
     return mixed_kernel(kernel_size=kernel_size, **params)
 
 
 def random_blur_kernel(key, sigma_range: Sequence[float], betag_range: Sequence[float],
                        betap_range: Sequence[float], sinc_prob: float,
-                       kernel_probs: Sequence[float] = KERNEL_PROBS) -> jax.Array:
-    """`kernel1` / `kernel2` of §2.1: random size; with prob `sinc_prob` a sinc kernel
-    (ω_c ~ U[π/3, π) if size < 13 else U[π/5, π)), else a random mixed kernel. (21, 21)."""
+                       kernel_probs: Sequence[float] = KERNEL_PROBS,
+                       kernel_list: Sequence[str] = KERNEL_TYPES,
+                       kernel_range: Sequence[int] = KERNEL_SIZES) -> jax.Array:
+    """`kernel1` / `kernel2` of RealESRGANDataset: size from `kernel_range`; with prob `sinc_prob` a
+    sinc kernel (ω_c ~ U[π/3, π) if size < 13 else U[π/5, π)), else a random mixed
+    kernel of a type from `kernel_list` / `kernel_probs`. (21, 21)."""
     k_size, k_coin, k_cut, k_mixed = jax.random.split(key, 4)
-    size = random_kernel_size(k_size)
+    size = random_kernel_size(k_size, kernel_range)
     small = size < SINC_SMALL_SIZE_LIMIT
     lo = jnp.where(small, SINC_CUTOFF_RANGE_SMALL[0], SINC_CUTOFF_RANGE_LARGE[0])
     hi = jnp.where(small, SINC_CUTOFF_RANGE_SMALL[1], SINC_CUTOFF_RANGE_LARGE[1])
     cutoff = lo + jax.random.uniform(k_cut, (), _float_dtype()) * (hi - lo)
     sinc = sinc_kernel(cutoff, size)
     mixed = random_mixed_kernel(k_mixed, size, sigma_range, betag_range, betap_range,
-                                kernel_probs)
+                                kernel_probs, kernel_list)
     return jnp.where(jax.random.uniform(k_coin) < sinc_prob, sinc, mixed)
 
 
-def random_sinc_kernel(key, final_sinc_prob: float) -> jax.Array:
-    """The final `sinc_kernel` of §2.1: with prob `final_sinc_prob` a sinc kernel of
-    random size with ω_c ~ U[π/3, π), else the 21×21 identity."""
+def random_sinc_kernel(key, final_sinc_prob: float,
+                       kernel_range: Sequence[int] = KERNEL_SIZES) -> jax.Array:
+    """The final `sinc_kernel` of RealESRGANDataset: with prob `final_sinc_prob` a sinc kernel of a
+    size from `kernel_range` with ω_c ~ U[π/3, π), else the 21×21 identity."""
     k_coin, k_size, k_cut = jax.random.split(key, 3)
     cutoff = _uniform(k_cut, *SINC_CUTOFF_RANGE_FINAL)
-    sinc = sinc_kernel(cutoff, random_kernel_size(k_size))
+    sinc = sinc_kernel(cutoff, random_kernel_size(k_size, kernel_range))
     return jnp.where(jax.random.uniform(k_coin) < final_sinc_prob, sinc, pulse_kernel())
 
 
 def sample_kernels(key, batch_size: int, cfg) -> dict[str, jax.Array]:
     """Per-sample `kernel1`, `kernel2`, `sinc_kernel`, each (B, 21, 21).
 
-    `cfg` provides blur_sigma, betag_range, betap_range, sinc_prob, blur_sigma2,
-    betag_range2, betap_range2, sinc_prob2, final_sinc_prob, kernel_prob and
-    kernel_prob2 (see `realesrgan.default_config`).
+    `cfg` provides blur_sigma, betag_range, betap_range, sinc_prob, kernel_list,
+    kernel_prob (first degradation), the same with suffix 2 (second degradation),
+    final_sinc_prob and kernel_range (the sizes of all three kernels, as the BasicSR
+    dataset uses its one `kernel_range` for all of them); see
+    `realesrgan.default_config`.
     """
     keys = jax.random.split(key, (3, batch_size))
+    sizes = tuple(cfg.kernel_range)
     kernel1 = jax.vmap(lambda k: random_blur_kernel(
         k, cfg.blur_sigma, cfg.betag_range, cfg.betap_range, cfg.sinc_prob,
-        cfg.kernel_prob))(keys[0])
+        cfg.kernel_prob, cfg.kernel_list, sizes))(keys[0])
     kernel2 = jax.vmap(lambda k: random_blur_kernel(
         k, cfg.blur_sigma2, cfg.betag_range2, cfg.betap_range2, cfg.sinc_prob2,
-        cfg.kernel_prob2))(keys[1])
-    sinc = jax.vmap(lambda k: random_sinc_kernel(k, cfg.final_sinc_prob))(keys[2])
+        cfg.kernel_prob2, cfg.kernel_list2, sizes))(keys[1])
+    sinc = jax.vmap(lambda k: random_sinc_kernel(k, cfg.final_sinc_prob, sizes))(keys[2])
     return {"kernel1": kernel1, "kernel2": kernel2, "sinc_kernel": sinc}

@@ -1,7 +1,8 @@
 """Real-ESRGAN second-order degradation of KDSR-GAN, shape-static for one compilation.
 
-Implements reference/DEGRADATION.md §2.2 steps 1–10 (the `feed_data` of the KDSR-GAN
-models, identical to Real-ESRGAN's) plus the per-sample kernels of §2.1, with explicit
+Implements steps 1–10 of the `feed_data` of the KDSR-GAN models (`kdsrgan/models/*.py`,
+identical to Real-ESRGAN's `RealESRGANModel.feed_data`) plus the per-sample kernels of
+the dataset (`RealESRGANDataset`, see `random_kernels`), with explicit
 `jax.random` keys:
 
  1. blur with per-sample `kernel1`;
@@ -17,9 +18,12 @@ models, identical to Real-ESRGAN's) plus the per-sample kernels of §2.1, with e
 10. paired random crop (one top/left per batch, as BasicSR crops the batch tensor).
 
 Per-batch decisions (resize type/factor/mode, noise type, second-blur coin, final order,
-crop position) are single draws shared by the batch, exactly as the official pipeline
-draws them with Python `random`/NumPy once per iteration; kernels, noise levels, gray
-flags and JPEG qualities are per sample.
+crop position) are single draws shared by the batch given to `degrade`, as the official
+pipeline draws them with Python `random`/NumPy once per iteration and process; kernels,
+noise levels, gray flags and JPEG qualities are per sample. Training calls
+`degrade_groups`, which gives each group of 9 images (the official per-process batch)
+its own draws. The distribution is the official one; the random streams are not
+(explicit JAX keys instead of the per-rank seeded Python/NumPy/torch generators).
 
 Why a canvas. The random resizes change the image size every step (60…600 px after the
 first resize, 30…120 after the second). Static shapes per size would recompile XLA for
@@ -62,34 +66,50 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdsr_jax.degradation import filters, interpolate, jpeg, noise, random_kernels
+from kdsr_jax.degradation import filters, interpolate, jpeg, noise, pool, random_kernels
 
-# Resize types, in the order of the yml `resize_prob` lists (§2.2 step 2).
+# Resize types, in the order of the yml `resize_prob` lists (step 2).
 RESIZE_TYPES = ("up", "down", "keep")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
-# §2.2 step 8: the final order coin is a hard-coded 0.5 in feed_data.
+# Step 8: the final order coin is a hard-coded 0.5 in feed_data.
 FINAL_RESIZE_FIRST_PROB = 0.5
-# §2.4: filter2D pads by k // 2 = 10 for the 21x21 kernels.
+# BasicSR filter2D pads by k // 2 = 10 for the 21x21 kernels.
 KERNEL_PAD = random_kernels.PAD_SIZE // 2
+# RealESRGANDataset pads / crops every GT to 400x400 before the degradation (KDSR-GAN ymls).
+GT_INPUT_SIZE = 400
+# The KDSR-GAN ymls' batch_size_per_gpu 9 -- one set of batch-level draws and one pool
+# per process of 9 images.
+GROUP_SIZE = 9
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """All values of the KDSR-GAN training ymls (DEGRADATION.md §2.1–2.3)."""
+    """All values of the KDSR-GAN training ymls that the official pipeline reads
+    (`RealESRGANDataset` + the models' `feed_data`), plus `group_size` and `blur_impl` (ours, see below)."""
     c = ml_collections.ConfigDict()
-    # Sizes (§2.2, §2.3; TRAINING.md §2.1).
+    # Sizes.
     c.scale = 4
     c.gt_size = 256            # GT crop; LQ crop = gt_size // scale = 64
-    c.gt_input_size = 400      # `ori`: the dataset crops/pads GT to 400x400
-    c.queue_size = 180         # training-pair pool per process (§2.3)
-    # First-degradation kernels (§2.1).
+    c.gt_input_size = GT_INPUT_SIZE   # `ori`: the dataset crops/pads GT to 400x400
+    # The official runs draw the batch-level choices (resize type/factor/mode, noise
+    # type, second-blur coin, final order/mode, crop position) once per process for
+    # its 9 images and keep one pool per process. We draw them per group of
+    # `group_size` images of the global batch, keys from (seed, step, group), and keep
+    # one pool of `queue_size` pairs per group: the official grouping on any number of
+    # devices.
+    c.group_size = GROUP_SIZE
+    c.queue_size = pool.QUEUE_SIZE     # training-pair pool per group (0 = no pool)
+    # Kernels (RealESRGANDataset). The kernel size is drawn from kernel_range for all three kernels
+    # (BasicSR hard-codes [7, 9, ..., 21] in the dataset); kernels are padded to
+    # blur_kernel_size = 21 (the only value BasicSR supports: its pulse/pad are 21).
     c.kernel_range = list(random_kernels.KERNEL_SIZES)
+    c.blur_kernel_size = random_kernels.PAD_SIZE
     c.kernel_list = list(random_kernels.KERNEL_TYPES)
     c.kernel_prob = list(random_kernels.KERNEL_PROBS)
     c.sinc_prob = 0.1
     c.blur_sigma = [0.2, 3.0]
     c.betag_range = [0.5, 4.0]
     c.betap_range = [1.0, 2.0]
-    # Second-degradation kernels (§2.1).
+    # Second-degradation kernels.
     c.kernel_list2 = list(random_kernels.KERNEL_TYPES)
     c.kernel_prob2 = list(random_kernels.KERNEL_PROBS)
     c.sinc_prob2 = 0.1
@@ -97,12 +117,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.betag_range2 = [0.5, 4.0]
     c.betap_range2 = [1.0, 2.0]
     c.final_sinc_prob = 0.8
-    c.blur_kernel_size = random_kernels.PAD_SIZE
     # How the 21x21 per-sample blurs are computed (not in the ymls; see `blur`):
     # 'fft' (default; ~70x faster on CPU, within 4e-7 of filter2D) or 'direct'
     # (`filters.filter2d`, a grouped convolution).
     c.blur_impl = "fft"
-    # First degradation (§2.2 steps 2–4).
+    # First degradation (steps 2–4).
     c.resize_prob = [0.2, 0.7, 0.1]    # up, down, keep
     c.resize_range = [0.15, 1.5]
     c.gaussian_noise_prob = 0.5
@@ -110,7 +129,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.poisson_scale_range = [0.05, 3.0]
     c.gray_noise_prob = 0.4
     c.jpeg_range = [30.0, 95.0]
-    # Second degradation (§2.2 steps 5–8).
+    # Second degradation (steps 5–8).
     c.second_blur_prob = 0.8
     c.resize_prob2 = [0.3, 0.4, 0.3]
     c.resize_range2 = [0.3, 1.2]
@@ -120,13 +139,30 @@ def default_config() -> ml_collections.ConfigDict:
     c.gray_noise_prob2 = 0.4
     c.jpeg_range2 = [30.0, 95.0]
     c.final_resize_first_prob = FINAL_RESIZE_FIRST_PROB
-    # USM flags (§2.2 step 0, §2.5; TRAINING.md §2.3–2.5): all false in the T/S ymls;
-    # the KDSRGAN_S V2 yml sets l1_gt_usm and percep_gt_usm.
-    c.gt_usm = False
-    c.l1_gt_usm = False
-    c.percep_gt_usm = False
-    c.gan_gt_usm = False
+    # The ymls' gt_usm / l1_gt_usm / percep_gt_usm / gan_gt_usm flags are not fields:
+    # in the official models only the teacher's HR input of KDSRGAN_S V2 is the
+    # USM-sharpened GT (config `usm_teacher_gt` of configs/gan.py); nothing else reads them.
     return c
+
+
+def check_config(cfg) -> None:
+    """ValueError naming the field for a value the pipeline cannot honour."""
+    random_kernels.check_kernel_choice(cfg.kernel_list, cfg.kernel_prob)
+    random_kernels.check_kernel_choice(cfg.kernel_list2, cfg.kernel_prob2,
+                                       ("kernel_list2", "kernel_prob2"))
+    random_kernels.check_kernel_range(cfg.kernel_range)
+    if cfg.blur_kernel_size != random_kernels.PAD_SIZE:
+        raise ValueError(f"blur_kernel_size={cfg.blur_kernel_size}: kernels are padded to "
+                         f"{random_kernels.PAD_SIZE}x{random_kernels.PAD_SIZE} as in BasicSR "
+                         "(which stores this field but never reads it); choose sizes with "
+                         "kernel_range")
+    for name in ("resize_prob", "resize_prob2"):
+        probs = cfg[name]
+        if len(probs) != len(RESIZE_TYPES) or min(probs) < 0 or sum(probs) <= 0:
+            raise ValueError(f"{name}={list(probs)}: three weights >= 0 for "
+                             f"{RESIZE_TYPES}")
+    if cfg.get("blur_impl", "fft") not in BLUR_IMPLS:
+        raise ValueError(f"blur_impl={cfg.blur_impl!r}; expected one of {BLUR_IMPLS}")
 
 
 # --------------------------------------------------------------------------------------
@@ -324,7 +360,7 @@ def _jpeg_in_canvas(img, quality, valid_hw):
 
 
 def degrade_with(gt, kernels, decisions, cfg):
-    """Steps 1–8 of §2.2 with explicit kernels and decisions: the unrounded LR.
+    """Steps 1–8 with explicit kernels and decisions: the unrounded LR.
 
     gt (B, H, W, 3) float in [0, 1]; kernels from `random_kernels.sample_kernels`;
     decisions from `sample_decisions`. Returns (B, H//scale, W//scale, 3) float32.
@@ -368,12 +404,12 @@ def degrade_with(gt, kernels, decisions, cfg):
 
 
 def quantize(x):
-    """§2.2 step 9: clamp(round(255·x), 0, 255) / 255 (round half to even, as torch)."""
+    """Step 9: clamp(round(255·x), 0, 255) / 255 (round half to even, as torch)."""
     return jnp.clip(jnp.round(x * 255.0), 0.0, 255.0) / 255.0
 
 
 def paired_crop(gt, lq, top, left, lq_patch: int, scale: int):
-    """§2.2 step 10: LQ crop at (top, left), GT crop at (scale·top, scale·left)."""
+    """Step 10: LQ crop at (top, left), GT crop at (scale·top, scale·left)."""
     b = gt.shape[0]
     lq_out = jax.lax.dynamic_slice(lq, (0, top, left, 0), (b, lq_patch, lq_patch, 3))
     gp = lq_patch * scale
@@ -405,7 +441,7 @@ def sample_all(key, batch_size: int, cfg, gt_hw=None):
 def degrade(key, gt, cfg):
     """The Real-ESRGAN degradation of one batch: (gt_patch, lq_patch).
 
-    gt: (B, H, W, 3) float in [0, 1] (H = W = cfg.gt_input_size = 400 in training).
+    gt: (B, H, W, 3) float in [0, 1] (H = W = GT_INPUT_SIZE = 400 in training).
     Returns GT (B, gt_size, gt_size, 3) and 8-bit-valued LQ (B, gt_size/scale, …, 3)
     patches, float32. Traceable: every size is a traced value, so a jitted caller
     compiles once for all keys. `make_degrade_fn` gives a ready jitted version.
@@ -414,6 +450,40 @@ def degrade(key, gt, cfg):
     kernels, decisions = sample_all(key, gt.shape[0], cfg, geo.ori)
     out = degrade_parts(gt, kernels, decisions, cfg)
     return out["gt_patch"], out["lq_patch"]
+
+
+def degrade_groups(key, gt, cfg, per_group=None, carry=None):
+    """`degrade` per group of `cfg.group_size` images, as the official runs degrade each
+    process's batch of 9 on its own: group g (images g·G … g·G + G − 1 of the global
+    batch) splits `fold_in(key, g)` into its degradation key and a second key for
+    `per_group`, so its result does not depend on the other groups or on how many
+    devices run the step.
+
+    gt (B, H, W, 3) float in [0, 1], B a multiple of G. `per_group(key, gt_patch,
+    lq_patch, carry_g) -> (carry_g, gt_patch, lq_patch)` optionally post-processes each
+    group with its own state `carry_g` (the training-pair pool), where `carry` is a
+    pytree with a leading axis of one entry per group (or None). Groups run one after another (`lax.map`), which keeps
+    the `lax.cond` branches of the pipeline (a vmap would compute every branch).
+    Returns (carry, gt_patch (B, …), lq_patch (B, …)).
+    """
+    b = gt.shape[0]
+    g = int(cfg.group_size)
+    if g < 1 or b % g:
+        raise ValueError(f"realesrgan.degrade_groups: batch {b} is not a multiple of "
+                         f"group_size {g}")
+    n = b // g
+    groups = gt.reshape((n, g) + gt.shape[1:])
+
+    def one(args):
+        index, gt_g, carry_g = args
+        k_deg, k_post = jax.random.split(jax.random.fold_in(key, index))
+        gt_p, lq_p = degrade(k_deg, gt_g, cfg)
+        if per_group is not None:
+            carry_g, gt_p, lq_p = per_group(k_post, gt_p, lq_p, carry_g)
+        return carry_g, gt_p, lq_p
+
+    carry, gt_p, lq_p = jax.lax.map(one, (jnp.arange(n), groups, carry))
+    return carry, gt_p.reshape((b,) + gt_p.shape[2:]), lq_p.reshape((b,) + lq_p.shape[2:])
 
 
 class DegradeFn:

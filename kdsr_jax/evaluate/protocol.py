@@ -156,6 +156,50 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(bicubic.upscale(x, int(scale))[0], np.float32)
 
 
+# ------------------------------------------- pieces shared with training validation --
+
+def to_uint8(x) -> np.ndarray:
+    """round(clip(x, 0, 1) · 255) as uint8: the 8-bit SR the metrics and PNGs see."""
+    return np.round(np.clip(np.asarray(x, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def score_synthetic(sr, hr_u8: np.ndarray, scale: int) -> tuple[float, float]:
+    """(PSNR, SSIM) on Y of the iso / aniso protocols (KDSR-classic, shave = scale)."""
+    return metrics.psnr_y(sr, hr_u8, scale), metrics.ssim_y(sr, hr_u8, scale)
+
+
+def score_paired(sr, gt_u8: np.ndarray) -> tuple[float, float]:
+    """(PSNR, SSIM) on Y of the paired protocol (BasicSR, crop 4) of the 8-bit SR."""
+    sr8 = to_uint8(sr)
+    return metrics.psnr_y_basicsr(sr8, gt_u8), metrics.ssim_y_basicsr(sr8, gt_u8)
+
+
+def load_paired(lr_dir: str, gt_dir: str, scale: int):
+    """[(name, lr float32 (h, w, 3) in [0,1], gt uint8 (s·h, s·w, 3))] of the paired
+    protocol: files paired by sorted order, GT cropped top-left to s x the LR size.
+    ProtocolError for missing folders, no images, a count mismatch or a small GT."""
+    from kdsr_jax.data import images as image_io
+
+    for d in (lr_dir, gt_dir):
+        if not os.path.isdir(d):
+            raise ProtocolError(f"folder not found: {d}")
+    lrp = image_io.list_images(lr_dir, recursive=False)
+    gtp = image_io.list_images(gt_dir, recursive=False)
+    if not lrp:
+        raise ProtocolError(f"{lr_dir}: no images")
+    if len(lrp) != len(gtp):
+        raise ProtocolError(f"{len(lrp)} LR images but {len(gtp)} GT images")
+    out = []
+    for lp, gp in zip(lrp, gtp):
+        lr = image_io.load_image(lp).astype(np.float32) / 255.0
+        gt = image_io.load_image(gp)
+        h, w = lr.shape[0] * scale, lr.shape[1] * scale
+        if gt.shape[0] < h or gt.shape[1] < w:
+            raise ProtocolError(f"{gp}: GT {gt.shape[:2]} smaller than {scale} x LR ({h}, {w})")
+        out.append((os.path.basename(lp), lr, gt[:h, :w]))
+    return out
+
+
 # --------------------------------------------------------------------- evaluation --
 
 @dataclasses.dataclass

@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from kdsr_jax import models
+from kdsr_jax import checkpoints, models
+from kdsr_jax.degradation import pool as pool_lib
 from kdsr_jax.models.spec import ModelSpec
-from kdsr_jax.train import evaluation, sharding, state as state_lib, steps
+from kdsr_jax.train import config_base, evaluation, sharding, state as state_lib, steps, vgg
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def model_spec(config) -> ModelSpec:
-    """The SR model this stage trains (teacher or student) from `config.model`."""
+    """The SR model this stage trains (teacher or student) from `config.model`.
+
+    Checks the whole config first (`config_base.validate`): a contradiction or a field
+    that would not act stops here, in one line, before anything compiles."""
     if config.stage not in STAGES:
         raise ValueError(f"unknown stage {config.stage!r}; expected one of {STAGES}")
+    config_base.validate(config)
     kind = "teacher" if config.stage in TEACHER_STAGES else "student"
     setting = "gan" if config.stage in GAN_STAGES else "classic"
     sizes = {k: config.model[k] for k in ("n_feats", "n_blocks", "n_resblocks")
@@ -97,21 +102,19 @@ def build(config, spec: ModelSpec, key: jax.Array):
     if config.stage not in TEACHER_STAGES:
         teacher, frozen["teacher"] = _load_frozen_teacher(config, spec)
         teacher = models.build_model(teacher.spec, dtype=dtype)
-        # §1.5 / §2.4: G starts as the teacher's G, the student encoder from scratch.
+        # Student stages: G starts as the teacher's G, the student's KD-IDE from scratch.
         params = {**params, "G": frozen["teacher"]["params"]["G"]}
     if config.stage in ("teacher", "student"):
         fresh = state_lib.create(params=params, tx=tx, seed=config.seed)
-        return steps.make_classic_step(config, model, teacher), fresh, frozen
+        return steps.make_step(config, model, teacher), fresh, frozen
 
-    pool = _init_pool(config)
     ema_params = None
     d_vars = None
+    d_model = None
     if config.stage == "gan_student":
-        # §2.4 quirk: net_g_ema's E_st gets its own random init.
+        # KDSRNet_S quirk: net_g_ema is loaded separately, so its E_st has its own init.
         ema_params = {**params, "E": models.init_variables(spec, k_ema)["params"]["E"]}
     if config.stage == "gan":
-        from kdsr_jax import checkpoints
-
         if not config.student:
             raise ValueError("stage 'gan' starts from a KDSRNet_S checkpoint: pass "
                              "--config.student=PATH")
@@ -120,29 +123,27 @@ def build(config, spec: ModelSpec, key: jax.Array):
             raise ValueError(f"{config.student} holds a {s_model.spec.kind}, not a student")
         params = s_vars["params"]
         d_vars = models.init_variables(_discriminator_spec(config), k_d, lr_hw=(32, 32))
+        d_model = models.build_model(_discriminator_spec(config), dtype=dtype)
         frozen["vgg"] = _load_vgg(config)
     fresh = state_lib.create(params=params, tx=tx, seed=config.seed, ema=True,
-                             ema_params=ema_params, d_variables=d_vars, pool=pool)
-    d_model = (models.build_model(_discriminator_spec(config), dtype=dtype)
-               if config.stage == "gan" else None)
-    return steps.make_gan_step(config, model, teacher, d_model), fresh, frozen
+                             ema_params=ema_params, d_variables=d_vars,
+                             pool=_init_pool(config))
+    return steps.make_step(config, model, teacher, d_model), fresh, frozen
 
 
 def _init_pool(config):
-    """The training-pair pool (DEGRADATION.md §2.3) of `degradation.queue_size` pairs
-    (global: the step runs on the global batch, see config_base.GAN_POOL_BATCHES)."""
+    """One training-pair pool of `degradation.queue_size` pairs per group of
+    `degradation.group_size` images of the global batch (the official runs keep one
+    180-pair pool per process of 9 images); {} when queue_size is 0."""
     deg = config.degradation
     if not deg.queue_size:
         return {}
-    from kdsr_jax.degradation import pool as pool_lib
-
     lq = deg.gt_size // deg.scale
-    return pool_lib.init(deg.queue_size, (lq, lq, 3), (lq * deg.scale, lq * deg.scale, 3))
+    return pool_lib.init(deg.queue_size, (lq, lq, 3), (lq * deg.scale, lq * deg.scale, 3),
+                         groups=config.batch_size // deg.group_size)
 
 
 def _load_vgg(config):
-    from kdsr_jax.train import vgg
-
     if config.perceptual.vgg_path == "random":   # smoke tests only
         return vgg.random_params(jax.random.PRNGKey(0))
     return vgg.load_torchvision_vgg19(config.perceptual.vgg_path)
@@ -299,7 +300,8 @@ def _evaluate(writer, step, state, predict, pairs, scale, config) -> dict:
     _log_scalars(writer, step, {f"eval/{k}": v for k, v in scores.items()})
     if writer is not None:
         for pair, sr in list(zip(pairs, srs))[:config.eval.num_tensorboard_images]:
-            writer.add_image(f"eval/{pair.name}_lr_sr_hr", evaluation.triplet(pair, sr, scale),
+            tag = pair.name.replace(" ", "_")
+            writer.add_image(f"eval/{tag}_lr_sr_hr", evaluation.triplet(pair, sr, scale),
                              step, dataformats="HWC")
     return scores
 

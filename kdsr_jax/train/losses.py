@@ -1,4 +1,5 @@
-"""Training losses of KDSR (reference/TRAINING.md §0, §1.4-1.5, §2.5).
+"""Training losses of KDSR (the official classic trainers and
+KDSR-GAN models; BasicSR `L1Loss`, `PerceptualLoss`, `GANLoss`).
 
 * `l1`: mean absolute error over all elements (nn.L1Loss / BasicSR L1Loss).
 * `kd`: KL(softmax(T/tau) || softmax(S/tau)), summed over features, averaged over the

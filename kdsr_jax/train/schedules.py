@@ -2,11 +2,11 @@
 
 The step `s` counts optimizer updates from 0 (the first update has s = 0).
 
-* Classic (reference/TRAINING.md §1.3): the learning rate is set per *epoch* of
+* Classic (`trainer_*_stage{3,4}.py`): the learning rate is set per *epoch* of
   `steps_per_epoch` (971) iterations, epochs numbered e = s // steps_per_epoch + 1:
   `lr_encoder · gamma_encoder^⌊e / decay_encoder⌋` during the encoder-only warm-up
   (e <= encoder_epochs), then `lr · gamma^⌊(e - encoder_epochs) / decay⌋`.
-* GAN stages (reference/TRAINING.md §2.3-2.5): iterations are numbered it = s + 1 and
+* GAN stages (`KDSRNetSTModel`, `KDSRGANSTModel`): iterations are numbered it = s + 1 and
   the G learning rate is `lr · gamma^⌊it / decay_steps⌋` (a per-iteration override).
 """
 
@@ -20,7 +20,7 @@ def classic_epoch_schedule(*, lr: float, gamma: float, decay_epochs: int,
                            steps_per_epoch: int, encoder_epochs: int = 0,
                            lr_encoder: float = 0.0, gamma_encoder: float = 1.0,
                            decay_encoder_epochs: int = 1) -> optax.Schedule:
-    """The per-epoch formula of `trainer_*_stage{3,4}.py` (TRAINING.md §1.3)."""
+    """The per-epoch formula of `trainer_*_stage{3,4}.py`."""
 
     def schedule(step):
         epoch = jnp.asarray(step) // steps_per_epoch + 1
@@ -34,7 +34,7 @@ def classic_epoch_schedule(*, lr: float, gamma: float, decay_epochs: int,
 
 
 def iteration_schedule(*, lr: float, gamma: float, decay_steps: int) -> optax.Schedule:
-    """`lr · gamma^⌊it / decay_steps⌋` with 1-based iterations (TRAINING.md §2.4-2.5)."""
+    """`lr · gamma^⌊it / decay_steps⌋` with 1-based iterations (KDSR-GAN student models)."""
 
     def schedule(step):
         iteration = jnp.asarray(step) + 1
