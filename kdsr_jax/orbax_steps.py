@@ -22,6 +22,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence
@@ -44,7 +45,18 @@ class DamagedStepError(ValueError):
     """One step directory is incomplete or damaged."""
 
 
+# tensorstore: '... Failed to write 298112 bytes to file 4: File too large [os_error_code='27']'
+_OS_ERROR = re.compile(r"os_error_code='?(\d+)")
+
+
 def _one_line(exc: BaseException) -> str:
+    """The OS reason inside a tensorstore message ('No space left on device'), else the
+    first non-blank line of `exc` (at most 300 characters)."""
+    m = _OS_ERROR.search(str(exc))
+    if m:
+        return os.strerror(int(m.group(1)))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     for line in str(exc).splitlines():
         if line.strip():
             return " ".join(line.split())[:300]

@@ -86,10 +86,12 @@ def _resumable(name: str) -> bool:
 def _differences(old: dict, new: dict, allowed) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     out = []
-    for name in sorted(set(a) | set(b)):
-        if allowed(name) or a.get(name, "<absent>") == b.get(name, "<absent>"):
+    # A field only one side has (added or dropped by a newer version of the code) is
+    # not a difference of the run.
+    for name in sorted(set(a) & set(b)):
+        if allowed(name) or a[name] == b[name]:
             continue
-        out.append(f"{name} ({a.get(name, '<absent>')!r} -> {b.get(name, '<absent>')!r})")
+        out.append(f"{name} ({a[name]!r} -> {b[name]!r})")
     return out
 
 
