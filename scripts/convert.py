@@ -3,15 +3,18 @@
 
     # official .pth/.pt (classic teacher/student, GAN {'params','params_ema'}, U-Net D)
     python scripts/convert.py --input KDSRsM_iso_x4.pt --output converted/KDSRsM_x4
-    # converted directory -> .pth in the official layout (loads with strict=True)
+    # converted directory or training workdir -> .pth in the official layout
+    # (loads with strict=True; a workdir exports its EMA weights when it keeps an EMA)
     python scripts/convert.py --to-torch --input converted/KDSRsM_x4 --output KDSRsM_x4.pth
+    python scripts/convert.py --to-torch --input runs/student --output student.pth
 
 Flags:
-  --input PATH       source: a .pth/.pt file (default mode) or a converted directory
-                     (with --to-torch).
+  --input PATH       source: a .pth/.pt file (default mode); with --to-torch a converted
+                     directory or a training workdir (scripts/train.py --workdir).
   --output PATH      destination: a directory (default mode) or a .pth file (--to-torch).
-  --to-torch         export a converted directory back to the official .pth layout.
-  --overwrite        replace an existing converted directory's weights.
+  --to-torch         export to the official .pth layout (zip-deflate compressed).
+  --overwrite        replace an existing output. The new output is written next to it
+                     and swapped in only when complete: a failure keeps the old one.
   --dynconv IMPL     dynamic-conv formulation stored in model.json: auto|shift|grouped.
   --no-d-skip        discriminator only: the checkpoint was trained with
                      skip_connection=False (weights cannot tell).
@@ -24,22 +27,25 @@ The logic lives in `kdsr_jax.convert`; this file only parses flags.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kdsr_jax import cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Convert official KDSR PyTorch checkpoints to kdsr-jax and back.")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True,
                    help="a .pth/.pt file, or a converted directory with --to-torch")
     p.add_argument("--output", required=True,
                    help="a directory to create, or a .pth path with --to-torch")
     p.add_argument("--to-torch", action="store_true",
-                   help="export a converted directory to an official-layout .pth")
+                   help="export a converted directory or a training workdir to an "
+                        "official-layout .pth")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the weights of an existing converted directory")
+                   help="replace an existing output (atomically: the old one stays if "
+                        "anything fails)")
     p.add_argument("--dynconv", default="auto", choices=("auto", "shift", "grouped"),
                    help="dynamic-conv formulation recorded in model.json (default: auto)")
     p.add_argument("--no-d-skip", action="store_true",
@@ -48,11 +54,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> str:
-    from kdsr_jax import convert
+    from kdsr_jax import checkpoints, convert, fileio
     from kdsr_jax.convert.mapping import describe
 
+    if (os.path.exists(args.input) and os.path.exists(args.output)
+            and os.path.samefile(args.input, args.output)):
+        raise ValueError(f"--output {args.output} is the --input itself; choose another output")
+    fileio.refuse_existing([args.output], args.overwrite)
     if args.to_torch:
-        model, variables = convert.load_converted(args.input)
+        if not os.path.isdir(args.input):
+            raise ValueError(f"--to-torch needs a converted directory or a training workdir, "
+                             f"not {args.input}")
+        model, variables = checkpoints.load(args.input)   # workdir: EMA weights if any
         convert.to_torch(model.spec, variables, args.output)
         return f"wrote {describe(model.spec)} to {args.output}"
     overrides = {"dynconv": args.dynconv}
