@@ -55,6 +55,10 @@ def parse_flags(argv):
             sys.exit(1)
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:     # absl's --help/--helpfull exit with status 1
+        if e.code == 1 and any(a.startswith(("--help", "-h", "-?")) for a in argv[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         msg = str(e)
     except (AttributeError, KeyError) as e:     # ml_collections: unknown config field
