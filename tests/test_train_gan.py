@@ -92,3 +92,19 @@ def test_kdsrgan_step_updates_g_then_d_with_all_four_g_losses(tmp_path, variant)
     assert moved(before.d_spectral, after.d_spectral) > 0
     assert moved(before.params, after.params) > 0
     assert int(after.d_opt_state.count) == 1
+
+
+def test_perceptual_weight_0_needs_no_vgg_file(tmp_path):
+    """An unused loss needs no weights: weight 0 and no vgg_path build and step."""
+    config = _config("gan", tmp_path)
+    config.perceptual.vgg_path = ""
+    config.perceptual.weight = 0.0
+    frozen = loop.build(config, loop.model_spec(config), jax.random.PRNGKey(0))[2]
+    assert "vgg" not in frozen
+    _, _, metrics = _one_step(config)
+    assert metrics["perceptual"] == 0.0
+    np.testing.assert_allclose(metrics["loss"], metrics["l1"] + metrics["kd"] + metrics["g_gan"],
+                               rtol=1e-5)
+    config.perceptual.weight = 1.0
+    with pytest.raises(ValueError, match="perceptual.weight=0 to train without it"):
+        loop.build(config, loop.model_spec(config), jax.random.PRNGKey(0))

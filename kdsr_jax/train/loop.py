@@ -121,7 +121,8 @@ def build(config, spec: ModelSpec, key: jax.Array):
             raise ValueError(f"{config.student} holds a {s_model.spec.kind}, not a student")
         params = s_vars["params"]
         d_vars = models.init_variables(_discriminator_spec(config), k_d, lr_hw=(32, 32))
-        frozen["vgg"] = _load_vgg(config)
+        if config.perceptual.weight:     # an unused perceptual loss needs no VGG19 file
+            frozen["vgg"] = _load_vgg(config)
     fresh = state_lib.create(params=params, tx=tx, seed=config.seed, ema=True,
                              ema_params=ema_params, d_variables=d_vars, pool=pool)
     d_model = (models.build_model(_discriminator_spec(config), dtype=dtype)
@@ -144,7 +145,9 @@ def _init_pool(config):
 def _load_vgg(config):
     from kdsr_jax.train import vgg
 
-    if config.perceptual.vgg_path == "random":   # smoke tests only
+    if config.perceptual.vgg_path == "random":   # tests only: not a perceptual loss
+        logger.warning("--config.perceptual.vgg_path=random: random VGG19 weights, for "
+                       "tests only; the perceptual loss is meaningless")
         return vgg.random_params(jax.random.PRNGKey(0))
     return vgg.load_torchvision_vgg19(config.perceptual.vgg_path)
 

@@ -187,8 +187,11 @@ def make_gan_step(config: ml_collections.ConfigDict, model, teacher=None,
                 total = l1 + kd_weight * kd
                 if stage != "gan":
                     return total, (aux, None)
-                features = lambda x: vgg_net.apply({"params": frozen["vgg"]}, x)
-                percep = losses.perceptual(features, sr, gt, layer_weights)
+                if perceptual_weight:
+                    features = lambda x: vgg_net.apply({"params": frozen["vgg"]}, x)
+                    percep = losses.perceptual(features, sr, gt, layer_weights)
+                else:       # --config.perceptual.weight=0: no VGG19 at all
+                    percep = jnp.zeros((), jnp.float32)
                 # G step with D frozen (no D gradient); D's power iteration still runs.
                 logits, d_vars = discriminator.apply(
                     {"params": jax.lax.stop_gradient(state.d_params),
