@@ -204,3 +204,13 @@ def test_a_resumed_run_may_change_cadence_and_length(tmp_path):
     saved = json.loads(open(os.path.join(wd, "config.json")).read())
     assert saved["total_steps"] == 3 and saved["log_every_steps"] == 3
     assert not os.path.exists(os.path.join(wd, ".lock"))
+
+
+def test_tensorboard_reads_the_runs_event_files(trained):
+    """The README's `tensorboard --logdir` works: TensorBoard's own reader (the
+    `[tensorboard]` extra) finds the training scalars of a run."""
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(os.path.join(trained, "tb"))
+    acc.Reload()
+    assert {"train/loss", "train/lr"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
