@@ -9,12 +9,16 @@ Workdir layout:
   checkpoints/<step>/ orbax: train state (params, Adam, EMA, discriminator, pool, rng,
                       step) + the host data-iterator state
   tb/                 TensorBoard events (losses, lr, steps/s, eval PSNR/SSIM, images)
+  .lock               held while a run trains (kdsr_jax.train.workdir)
+  checkpoints_damaged/  damaged steps moved aside on resume (kdsr_jax.orbax_steps)
 
 Checkpoints are written every `checkpoint_every_steps`, at the end, and when SIGTERM
 or SIGINT arrives (the current step finishes, the state is saved, the run exits
 cleanly). Running the same command again on the same workdir resumes exactly: the
-state, RNG and data position are restored. A non-finite loss stops the run with
-`NonFiniteLossError` before anything is saved, so the last good checkpoint stays.
+state, RNG and data position are restored. A non-finite loss, or non-finite updated
+parameters (checked before every save), stop the run with `NonFiniteLossError` before
+anything is saved, so every checkpoint holds finite weights. Before anything is written
+the config is validated and the workdir checked and locked (kdsr_jax.train.workdir).
 """
 
 from __future__ import annotations
