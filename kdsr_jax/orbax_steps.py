@@ -63,6 +63,26 @@ def _one_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _DropOrphanedFutures(logging.Filter):
+    """Drops asyncio's 'exception was never retrieved' reports: after a failed orbax
+    call, its abandoned write/read futures are garbage-collected later, each logging
+    the error we already reported (with a traceback) at ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in str(record.msg)
+
+
+_ORPHAN_FILTER = _DropOrphanedFutures()
+
+
+def _silence_orphaned_futures() -> None:
+    """Installs the filter on the 'asyncio' logger (once) after an orbax failure was
+    turned into our own one-line error."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if _ORPHAN_FILTER not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_ORPHAN_FILTER)
+
+
 @contextlib.contextmanager
 def _captured_stderr() -> Iterator[Any]:
     """fd-level capture of stderr (C++ and Python writers alike) into a temporary file;
@@ -97,6 +117,7 @@ def contained(what: str) -> Iterator[None]:
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
             failed = e
     if failed is not None:
+        _silence_orphaned_futures()
         raise CheckpointIOError(f"{what}: {_one_line(failed)}") from None
     tmp.seek(0)
     text = tmp.read()
@@ -163,6 +184,7 @@ def restore_newest_readable(steps: Sequence[int], step_dir: Callable[[int], str]
             damaged.append((step, str(e)))
             continue
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            _silence_orphaned_futures()
             damaged.append((step, _one_line(e)))
             continue
         noise.seek(0)
