@@ -40,7 +40,7 @@ def load_workdir(workdir: str, step: int | None = None):
     # A bare ModelSpec, or {'spec': ...} as kdsr_jax.convert writes it.
     spec = ModelSpec.from_dict(meta["spec"] if "spec" in meta else meta)
     root = os.path.abspath(os.path.join(workdir, TRAIN_CHECKPOINT_DIR))
-    mgr = ocp.CheckpointManager(root)
+    mgr = orbax_steps.open_manager(lambda: ocp.CheckpointManager(root))
     try:
         if step is None:    # newest readable step; damaged newer ones are named once
             step, restored, _ = orbax_steps.restore_newest_readable(

@@ -125,6 +125,20 @@ def contained(what: str) -> Iterator[None]:
         sys.stderr.write(text.decode("utf-8", "replace"))
 
 
+def open_manager(factory: Callable[[], Any]) -> Any:
+    """`factory()` (an `ocp.CheckpointManager(...)`) without orbax's per-step warning
+    about a missing `_CHECKPOINT_METADATA` (a damaged step: `restore_newest_readable`
+    names it once); any other output is kept."""
+    with _captured_stderr() as noise:
+        mgr = factory()
+    noise.seek(0)
+    kept = [ln for ln in noise.read().decode("utf-8", "replace").splitlines(keepends=True)
+            if "Metadata file does not exist" not in ln]
+    if kept:
+        sys.stderr.write("".join(kept))
+    return mgr
+
+
 def verify_step(step_dir: str, items: Sequence[str] = ()) -> None:
     """Raises DamagedStepError when the orbax step directory `step_dir` cannot be
     fully read: `items` (e.g. ("state",)) must exist, and every OCDBT item (a subfolder

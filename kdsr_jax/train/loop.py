@@ -183,8 +183,8 @@ class _StopFlag:
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                 options=options)
+    return orbax_steps.open_manager(lambda: ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options))
 
 
 def _restore_newest(mgr: ocp.CheckpointManager, workdir: str, abstract):
