@@ -91,12 +91,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the model steps the pipelines are compared to")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", default=None, help="also write the full report as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.json:   # the one output rule of every CLI (kdsr_jax.fileio)
+            from kdsr_jax import fileio
+
+            fileio.refuse_existing([args.json], args.overwrite)
         # Before anything imports JAX's CPU backend (see kdsr_jax/bench/timing.py).
         from kdsr_jax.bench import timing
 

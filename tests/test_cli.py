@@ -92,3 +92,19 @@ def test_check_numbers_rejects_negative_counts_and_non_finite_values():
         bad = argparse.Namespace(**{**vars(ok), field: value})
         with pytest.raises(ValueError, match=re.escape(msg)):
             cli.check_numbers(bad, rules)
+
+
+def test_benchmark_json_follows_the_overwrite_rule(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = tmp_path / "bench.json"
+    report.write_text("earlier")
+    assert bench.main(["--sections", "pipelines", "--json", str(report)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {report} already exists; pass --overwrite to replace it")
+    assert report.read_text() == "earlier"
