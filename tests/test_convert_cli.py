@@ -101,7 +101,8 @@ def _tree_bytes(path):
     out = {}
     for root, _, files in os.walk(path):
         for f in files:
-            out[os.path.relpath(os.path.join(root, f), path)] = open(os.path.join(root, f), "rb").read()
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), path)] = fh.read()
     return out
 
 
@@ -120,7 +121,8 @@ def test_overwrite_is_refused_without_the_flag_and_atomic_with_it(fixtures_dir, 
     from kdsr_jax import convert
 
     out = tmp_path / "conv"
-    assert finish(start("--input", fixtures_dir / "classic_st_small_x4.pth", "--output", out))[0] == 0
+    classic = fixtures_dir / "classic_st_small_x4.pth"
+    assert finish(start("--input", classic, "--output", out))[0] == 0
     before = _tree_bytes(out)
     src = fixtures_dir / "gan_st_small_x4.pth"
     rc, _, err = finish(start("--input", src, "--output", out))
@@ -141,7 +143,8 @@ def test_overwrite_is_refused_without_the_flag_and_atomic_with_it(fixtures_dir, 
 
 def test_to_torch_refuses_to_replace_a_pth_without_overwrite(fixtures_dir, tmp_path):
     conv = tmp_path / "conv"
-    assert finish(start("--input", fixtures_dir / "classic_st_small_x4.pth", "--output", conv))[0] == 0
+    classic = fixtures_dir / "classic_st_small_x4.pth"
+    assert finish(start("--input", classic, "--output", conv))[0] == 0
     target = tmp_path / "keep.pth"
     target.write_bytes(b"precious")
     rc, _, err = finish(start("--to-torch", "--input", conv, "--output", target))
