@@ -94,14 +94,13 @@ def test_kdsrgan_step_updates_g_then_d_with_all_four_g_losses(tmp_path, variant)
     assert int(after.d_opt_state.count) == 1
 
 
+@pytest.mark.slow
 def test_perceptual_weight_0_needs_no_vgg_file(tmp_path):
     """An unused loss needs no weights: weight 0 and no vgg_path build and step."""
     config = _config("gan", tmp_path)
     config.perceptual.vgg_path = ""
     config.perceptual.weight = 0.0
-    frozen = loop.build(config, loop.model_spec(config), jax.random.PRNGKey(0))[2]
-    assert "vgg" not in frozen
-    _, _, metrics = _one_step(config)
+    _, _, metrics = _one_step(config)        # builds (no VGG19 loaded) and steps
     assert metrics["perceptual"] == 0.0
     np.testing.assert_allclose(metrics["loss"], metrics["l1"] + metrics["kd"] + metrics["g_gan"],
                                rtol=1e-5)
