@@ -34,6 +34,7 @@ def is_training_workdir(path: str) -> bool:
 def load_workdir(workdir: str, step: int | None = None):
     """(model, {'params': ...}) from a training workdir (latest step by default)."""
     import orbax.checkpoint as ocp
+    from etils import epath
 
     with open(os.path.join(workdir, MODEL_JSON)) as f:
         meta = json.load(f)
@@ -44,7 +45,15 @@ def load_workdir(workdir: str, step: int | None = None):
         step = mgr.latest_step() if step is None else step
         if step is None:
             raise LoadError(f"{workdir}: training workdir without any checkpoint yet")
-        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        # Restore onto this process's first device whatever topology wrote it (a run on
+        # several hosts/devices); orbax refuses a target-less restore across topologies.
+        saved = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(mgr.directory) / str(step) / "state")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              saved)
+        restored = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
     finally:
         mgr.close()
     state = restored.state

@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mesh = sharding.make_mesh(num_devices)
     sharding.check_batch_size(config.batch_size, mesh)
     step_fn, fresh, frozen = build(config, spec, jax.random.PRNGKey(config.seed))
-    train_step = sharding.jit_step(step_fn, mesh, fresh)
+    train_step = sharding.jit_step(step_fn, mesh, fresh, stop_votes=True)
     state = sharding.place_state(fresh, mesh)
     frozen = sharding.replicate(frozen, mesh)
 

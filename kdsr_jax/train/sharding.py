@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -246,16 +244,21 @@ def stop_votes(stop: bool, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local, (mesh.devices.size,))
 
 
-def jit_step(step_fn, mesh: Mesh, state):
-    """`step(state, batch, frozen, votes) -> (state, metrics)` jitted over `mesh`.
+def jit_step(step_fn, mesh: Mesh, state=None, *, stop_votes: bool = False):
+    """`step(state, batch, frozen) -> (state, metrics)` jitted over `mesh`, state donated.
 
-    The state (laid out by `state_shardings(state)`) is donated. `votes` is
-    `stop_votes(...)`; `metrics['stop']` is True on every process when any process voted
-    to stop: the all-reduce rides in the step's own program, so the processes agree on
-    the step to stop at without another collective.
+    state: an example TrainState; its pool is then split over the mesh
+      (`state_shardings`); None keeps the whole state replicated.
+    stop_votes: the jitted step takes a 4th argument `votes` (`stop_votes(...)`) and
+      returns `metrics['stop']`, True on every process when any process voted to stop:
+      the all-reduce rides in the step's own program, so the processes agree on the
+      step to stop at without another collective.
     """
     repl, data = replicated(mesh), data_sharding(mesh)
-    state_sh = state_shardings(state, mesh)
+    state_sh = repl if state is None else state_shardings(state, mesh)
+    if not stop_votes:
+        return jax.jit(step_fn, in_shardings=(state_sh, data, repl),
+                       out_shardings=(state_sh, repl), donate_argnums=0)
 
     def step(st, batch, frozen, votes):
         new_state, metrics = step_fn(st, batch, frozen)
@@ -263,11 +266,3 @@ def jit_step(step_fn, mesh: Mesh, state):
 
     return jax.jit(step, in_shardings=(state_sh, data, repl, data),
                    out_shardings=(state_sh, repl), donate_argnums=0)
-
-
-def rows_fingerprint(rows: Sequence[int]) -> str:
-    """Short description of a host's batch rows for log lines ('0-3' or '0,2,4')."""
-    rows = list(rows)
-    if rows and rows == list(range(rows[0], rows[-1] + 1)):
-        return f"{rows[0]}-{rows[-1]}"
-    return ",".join(map(str, rows))
