@@ -287,10 +287,11 @@ def test_a_killed_peer_ends_the_other_with_a_clear_error_in_bounded_time(tmp_pat
     finally:
         launch.stop()
     print(f"survivor {survivor} exited {code} after {elapsed:.1f} s")
-    assert code != 0
-    assert elapsed < PEER_LOSS_BOUND_S
-    assert "lost contact with another process" in output or \
-        "distributed service detected fatal errors" in output, output[-3000:]
+    assert code != 0 and elapsed < PEER_LOSS_BOUND_S
+    # Our one-line error; when the coordinator (process 0) is the one killed, JAX's own
+    # error poller may end the survivor first with its fatal-error line (an abort).
+    assert "lost contact with another process" in output or (
+        victim == 0 and "distributed service detected fatal errors" in output), output[-3000:]
     saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     assert saved and saved[0] >= 2
     _params(workdir)   # the last good checkpoint loads
