@@ -315,3 +315,20 @@ def test_stage_on_two_devices_ends_like_one_device(stage, tmp_path):
     moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
                 zip(jax.tree.leaves(one.params), jax.tree.leaves(initial)))
     assert moved > 1e-4
+
+
+def test_jax_variables_may_override_part_of_a_detected_cluster(monkeypatch):
+    """Under srun, JAX_COORDINATOR_ADDRESS alone is a valid override (JAX fills the rest
+    from SLURM); outside a cluster the same single variable is an error."""
+    _clear_launch_env(monkeypatch)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "node001:4321")
+    with pytest.raises(sharding.LaunchError, match="not JAX_NUM_PROCESSES, JAX_PROCESS_ID"):
+        sharding.maybe_initialize_distributed()
+    for k, v in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node001", SLURM_NTASKS="2",
+                     SLURM_PROCID="0", SLURM_LOCALID="0").items():
+        monkeypatch.setenv(k, v)
+    assert sharding.maybe_initialize_distributed() is True
+    assert calls == [dict(coordinator_address="node001:4321",
+                          heartbeat_timeout_seconds=sharding.DEFAULT_HEARTBEAT_TIMEOUT_S)]

@@ -50,13 +50,14 @@ class LaunchError(ValueError):
     """The environment describes an inconsistent multi-process launch (one line)."""
 
 
-def env_launch(environ=None) -> dict | None:
+def env_launch(environ=None, *, partial_ok: bool = False) -> dict | None:
     """The plain environment launch: `jax.distributed.initialize` kwargs, or None.
 
     Reads JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES (>= 1),
     JAX_PROCESS_ID (0 <= id < count) and optionally JAX_LOCAL_DEVICE_IDS (comma-separated
     ints). None when none of the three is set. Raises LaunchError (naming the variable)
-    when only some are set or a value is malformed.
+    for a malformed value, and when only some of the three are set unless `partial_ok`
+    (inside a cluster JAX detects, which fills in the others).
     """
     env = os.environ if environ is None else environ
     values = {k: env.get(k, "").strip() for k in _LAUNCH_ENV}
@@ -64,29 +65,37 @@ def env_launch(environ=None) -> dict | None:
     if not present:
         return None
     missing = [k for k in _LAUNCH_ENV if not values[k]]
-    if missing:
+    if missing and not partial_ok:
         raise LaunchError(f"{', '.join(present)} set but not {', '.join(missing)}: a "
                           "multi-process launch needs all three (or none)")
-    address = values[ENV_COORDINATOR]
-    match = _ADDRESS.match(address)
-    if not match or not 0 < int(match.group(2)) < 65536:
-        raise LaunchError(f"{ENV_COORDINATOR}={address!r} is not HOST:PORT "
-                          "(e.g. 10.0.0.1:1234, port 1-65535)")
-    try:
-        count = int(values[ENV_NUM_PROCESSES])
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise LaunchError(f"{ENV_NUM_PROCESSES}={values[ENV_NUM_PROCESSES]!r} is not a "
-                          "positive integer")
-    try:
-        pid = int(values[ENV_PROCESS_ID])
-    except ValueError:
-        pid = -1
-    if not 0 <= pid < count:
-        raise LaunchError(f"{ENV_PROCESS_ID}={values[ENV_PROCESS_ID]!r} is not an integer "
-                          f"in [0, {count - 1}] ({ENV_NUM_PROCESSES}={count})")
-    kwargs = dict(coordinator_address=address, num_processes=count, process_id=pid)
+    kwargs = {}
+    if values[ENV_COORDINATOR]:
+        address = values[ENV_COORDINATOR]
+        match = _ADDRESS.match(address)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise LaunchError(f"{ENV_COORDINATOR}={address!r} is not HOST:PORT "
+                              "(e.g. 10.0.0.1:1234, port 1-65535)")
+        kwargs["coordinator_address"] = address
+    count = None
+    if values[ENV_NUM_PROCESSES]:
+        try:
+            count = int(values[ENV_NUM_PROCESSES])
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise LaunchError(f"{ENV_NUM_PROCESSES}={values[ENV_NUM_PROCESSES]!r} is not a "
+                              "positive integer")
+        kwargs["num_processes"] = count
+    if values[ENV_PROCESS_ID]:
+        try:
+            pid = int(values[ENV_PROCESS_ID])
+        except ValueError:
+            pid = -1
+        if pid < 0 or (count is not None and pid >= count):
+            span = f"in [0, {count - 1}] ({ENV_NUM_PROCESSES}={count})" if count else ">= 0"
+            raise LaunchError(f"{ENV_PROCESS_ID}={values[ENV_PROCESS_ID]!r} is not an "
+                              f"integer {span}")
+        kwargs["process_id"] = pid
     ids = env.get(ENV_LOCAL_DEVICE_IDS, "").strip()
     if ids:
         try:
@@ -133,8 +142,10 @@ def maybe_initialize_distributed(heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TI
                                  environ=None) -> bool:
     """`jax.distributed.initialize` when the environment describes a multi-process launch.
 
-    Order: the plain environment launch (`env_launch`), else a cluster JAX detects itself
-    (`detected_cluster`; its process count 1 -> no initialisation). A partial SLURM
+    A cluster JAX detects itself (`detected_cluster`: SLURM under srun, Cloud TPU, Open
+    MPI, Kubernetes) is left to JAX (its process count 1 -> no initialisation); JAX_*
+    variables set there override the values it provides. Elsewhere the plain environment
+    launch (`env_launch`, all three variables) is passed on. A partial SLURM
     environment (e.g. `salloc` without `srun`) trains as one process with one warning
     naming the variables. `heartbeat_timeout_s`: a process silent that long is declared
     dead and the coordination service ends the others (the bound on how long a lost peer
@@ -143,22 +154,22 @@ def maybe_initialize_distributed(heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TI
     Raises LaunchError for an inconsistent JAX_* environment.
     """
     env = os.environ if environ is None else environ
-    kwargs = env_launch(env)
-    if kwargs is None:
-        cluster = detected_cluster()
-        if cluster is None:
+    cluster = detected_cluster()
+    # Inside a detected cluster, JAX_* values may override some of what it provides.
+    kwargs = env_launch(env, partial_ok=cluster is not None)
+    if cluster is None:
+        if kwargs is None:
             note = _partial_slurm_note(env)
             if note:
                 logger.warning(note)
             return False
-        if cluster.get_process_count() <= 1:
-            logger.info("%s environment with one process: not initialising jax.distributed",
-                        cluster.__name__)
+        if kwargs["num_processes"] == 1 and "local_device_ids" not in kwargs:
             return False
-        kwargs = {}
-    elif kwargs["num_processes"] == 1 and "local_device_ids" not in kwargs:
+    elif kwargs is None and cluster.get_process_count() <= 1:
+        logger.info("%s environment with one process: not initialising jax.distributed",
+                    cluster.__name__)
         return False
-    jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+    jax.distributed.initialize(**(kwargs or {}), heartbeat_timeout_seconds=int(heartbeat_timeout_s))
     logger.info("process %d of %d (%d local devices, %d in all)", jax.process_index(),
                 jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
