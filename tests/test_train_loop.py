@@ -257,7 +257,7 @@ def test_training_pair_pool_is_split_over_devices_like_the_batch():
 
 
 def _stage_config(stage, tmp_path):
-    """Tiny `stage` config: 2-row batches; GAN stages with a 4-pair (two-batch) pool."""
+    """Tiny `stage` config: 2-row batches; GAN stages with one 2-pair pool per image."""
     from kdsr_jax import convert, models
 
     sizes = dict(n_feats=8, n_blocks=1, n_resblocks=1)
@@ -268,9 +268,9 @@ def _stage_config(stage, tmp_path):
     setting = "classic"
     if stage.startswith("gan"):
         setting = "gan"
-        c.degradation.gt_input_size = 160
         c.degradation.gt_size = 64
-        c.degradation.queue_size = 4
+        c.degradation.group_size = 1      # one draw and one pool per image
+        c.degradation.queue_size = 2      # per group: filled after 2 steps
         c.patch_size = 160
     else:
         c.patch_size = 32
