@@ -22,7 +22,7 @@ import os
 
 import jax
 
-from kdsr_jax import convert, hub, models
+from kdsr_jax import convert, hub, models, orbax_steps
 from kdsr_jax.convert.mapping import ConversionError, check_finite
 from kdsr_jax.models.spec import ModelSpec
 
@@ -47,12 +47,18 @@ def load_workdir(workdir: str, step: int | None = None):
         meta = json.load(f)
     # A bare ModelSpec, or {'spec': ...} as kdsr_jax.convert writes it.
     spec = ModelSpec.from_dict(meta["spec"] if "spec" in meta else meta)
-    mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, TRAIN_CHECKPOINT_DIR)))
+    root = os.path.abspath(os.path.join(workdir, TRAIN_CHECKPOINT_DIR))
+    mgr = orbax_steps.open_manager(lambda: ocp.CheckpointManager(root))
     try:
-        step = mgr.latest_step() if step is None else step
-        if step is None:
-            raise LoadError(f"{workdir}: training workdir without any checkpoint yet")
-        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        if step is None:    # newest readable step; damaged newer ones are named once
+            step, restored, _ = orbax_steps.restore_newest_readable(
+                mgr.all_steps(), lambda s: os.path.join(root, str(s)),
+                lambda s: mgr.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore())), workdir, items=("state",))
+            if step is None:
+                raise LoadError(f"{workdir}: training workdir without any checkpoint yet")
+        else:
+            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     finally:
         mgr.close()
     state = restored.state

@@ -48,3 +48,21 @@ def run_cli(fn: Callable[..., int | None], *args, **kwargs) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0 if status is None else int(status)
+
+
+def check_numbers(args, rules: dict[str, tuple[str, float]]) -> None:
+    """Validates numeric flags after parsing: `rules` maps an argparse dest to
+    (op, bound) with op in '>=', '>', 'finite' (no bound); None values (unset optional
+    flags) pass. Every number must be finite. Raises ValueError naming the first bad flag, e.g.
+    `--max-images must be >= 0 (got -1)`."""
+    import math
+
+    for dest, (op, bound) in rules.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number (got {value})")
+        if (op == ">=" and value < bound) or (op == ">" and value <= bound):
+            raise ValueError(f"{flag} must be {op} {bound:g} (got {value:g})")

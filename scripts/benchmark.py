@@ -39,6 +39,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks import timing  # noqa: E402  (imports jax, starts no backend)
+from kdsr_jax import fileio  # noqa: E402
 
 SECTIONS = ("forward", "train", "pipelines", "memory")
 DEFAULT_SECTIONS = ("forward", "train", "pipelines")
@@ -123,12 +124,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "this needs about 20 GB of memory and over 15 minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", default=None, help="also write the full report as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.json:   # the one output rule of every CLI (kdsr_jax.fileio)
+            fileio.refuse_existing([args.json], args.overwrite)
         # Before JAX starts its CPU backend (see benchmarks/timing.py).
         threads_note = timing.limit_cpu_threads(args.threads)
         # Imported after the thread limit: importing the models may compute constants.

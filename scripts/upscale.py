@@ -8,16 +8,22 @@ once for the whole image, then the generator runs per tile.
   python scripts/upscale.py --list-models
   python scripts/upscale.py --checkpoint WORKDIR -i folder/ -o out/ --tile 256 --tile-pad 16
 
-* png / jpg / webp (and bmp / tif) in, PNG out (`<OUTDIR>/<name>.png`), written
-  atomically (temporary file + rename: an interrupted run never leaves a partial PNG
-  under the final name).
+* png / jpg / webp (and bmp / tif) in, PNG out (`<OUTDIR>/<name>_out.png`: the
+  suffix, `--suffix`, defaults to `_out` as in Real-ESRGAN), written atomically
+  (temporary file + rename: an interrupted run never leaves a partial PNG under the
+  final name).
+* Nothing is overwritten silently: an output that would replace an input file is
+  always refused (even with --overwrite), as are two inputs that map to one output
+  (a.png and a.jpg with the same suffix); existing outputs are replaced only with
+  --overwrite. All of this is checked before the first image is processed.
 * Gray inputs are upscaled as RGB (3 equal channels in) and written as RGB.
 * RGBA: colour through the network, alpha upscaled separately with the MATLAB-like
   bicubic (DEGRADATION.md §1.5 upscaling path) and re-attached.
 * 16-bit inputs: the network sees full precision, the output is a 16-bit PNG.
 * --tile N: LR tile side (0 = whole image; default: automatic from free memory, see
   `tiling.auto_tile_size`); --tile-pad P: context on each tile side. With
-  P >= 2 * n_blocks + 4 (the generator's receptive radius) tiling is exact.
+  P >= 2 * n_blocks + 4 (the generator's receptive radius) tiling is exact. A tiled
+  image shows a per-tile progress bar.
 Errors (missing/corrupt input, empty folder, teacher checkpoint, unwritable output)
 print one `error: ...` line each. Over a folder, an image that cannot be read or
 upscaled is named with its reason and skipped, the rest are written, and a last line
@@ -39,7 +45,8 @@ from kdsr_jax import cli  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint",
                    help="student weights: a registry name (see --list-models), an http(s) "
                         "URL, a Google Drive link or gdrive:<id>, a training workdir, a "
@@ -52,7 +59,10 @@ def parse_args(argv=None):
                    help="LR tile side in px (0: no tiling; default: automatic)")
     p.add_argument("--tile-pad", type=int, default=16, help="context px per tile side")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
+    p.add_argument("--suffix", default="_out",
+                   help="appended to output file names (default: _out; e.g. _x4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (never an input file)")
     args = p.parse_args(argv)
     if not args.list_models:
         missing = [f for f, v in (("--checkpoint", args.checkpoint), ("-i/--input", args.input),
@@ -86,13 +96,14 @@ def write_png_atomic(path: str, rgb: np.ndarray, alpha: np.ndarray | None = None
                     compress_level=PNG8_COMPRESS_LEVEL if bits == 8 else 6)
 
 
-def upscale_file(runner, src: str, dst: str, tile, tile_pad: int) -> tuple[int, int]:
+def upscale_file(runner, src: str, dst: str, tile, tile_pad: int,
+                 progress=None) -> tuple[int, int]:
     from kdsr_jax.data import images
     from kdsr_jax.evaluate import protocol
 
     rgb, alpha, bits = images.load_image_full(src)
     q = _quantizer(bits)
-    out = runner.upscale(rgb, tile=tile, tile_pad=tile_pad, quantize=q)
+    out = runner.upscale(rgb, tile=tile, tile_pad=tile_pad, quantize=q, progress=progress)
     a = None
     if alpha is not None:
         a = q(protocol.bicubic_upscale(alpha[..., None], runner.scale))[..., 0]
@@ -124,6 +135,49 @@ def _check_output(folder: str) -> None:
                          f"{exc.strerror or exc}") from None
 
 
+def plan_outputs(files: list[str], folder: str, suffix: str, overwrite: bool) -> list[str]:
+    """Output path of each input; raises ValueError when an output would replace an
+    input, when two inputs share an output, or (without `overwrite`) when an output
+    exists."""
+    from kdsr_jax import fileio
+
+    dsts = [os.path.join(folder, f"{os.path.splitext(os.path.basename(src))[0]}{suffix}.png")
+            for src in files]
+    inputs = {os.path.realpath(src): src for src in files}
+    seen: dict[str, str] = {}
+    for src, dst in zip(files, dsts):
+        real = os.path.realpath(dst)
+        if real in inputs:
+            raise ValueError(f"the output {dst} would replace the input {inputs[real]}; "
+                             "choose another -o folder or --suffix")
+        if real in seen:
+            raise ValueError(f"{seen[real]} and {src} would both be written to {dst}; "
+                             "upscale them separately or rename one")
+        seen[real] = src
+    fileio.refuse_existing(dsts, overwrite)
+    return dsts
+
+
+def _tile_bar(name: str):
+    """progress(done, total) for one image: a tqdm bar of its tiles (only when tiled)."""
+    from tqdm import tqdm
+
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if total < 2:
+            return
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total, desc=name, unit="tile", leave=False,
+                                      file=sys.stderr)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    return update
+
+
 def run(args) -> int:
     import jax.numpy as jnp
     from tqdm import tqdm
@@ -132,6 +186,7 @@ def run(args) -> int:
     from kdsr_jax.evaluate import tiling
 
     files = _inputs(args.input)
+    dsts = plan_outputs(files, args.output, args.suffix, args.overwrite)
     _check_output(args.output)
     if args.tile is not None and args.tile != 0 and args.tile < 16:
         raise ValueError("--tile must be 0 (no tiling) or >= 16")
@@ -148,12 +203,11 @@ def run(args) -> int:
     runner = tiling.Runner(model, variables, dtype)
     tile = tiling.auto_tile_size(model.spec, dtype) if args.tile is None else args.tile
     done, skipped = 0, []
-    for src in tqdm(files, desc="upscale", unit="img", file=sys.stderr,
-                    disable=len(files) < 2):
-        stem = os.path.splitext(os.path.basename(src))[0]
-        dst = os.path.join(args.output, f"{stem}{args.suffix}.png")
+    for src, dst in tqdm(list(zip(files, dsts)), desc="upscale", unit="img", file=sys.stderr,
+                         disable=len(files) < 2):
         try:
-            upscale_file(runner, src, dst, tile, args.tile_pad)
+            upscale_file(runner, src, dst, tile, args.tile_pad,
+                         progress=_tile_bar(os.path.basename(src)))
             done += 1
         except (ValueError, OSError) as exc:
             # Keep going: name the file and its reason, then the next image.

@@ -91,3 +91,101 @@ def test_cli_help_documents_flags():
     assert rc == 0
     for flag in ("--input", "--output", "--to-torch", "--overwrite", "--dynconv"):
         assert flag in out
+
+
+# ---------------------------------------------------------------- output safety (14, 17)
+
+def _tree_bytes(path):
+    import os
+
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), path)] = fh.read()
+    return out
+
+
+def _file_size_limited(limit, *args):
+    """scripts/convert.py with RLIMIT_FSIZE (writes past `limit` bytes fail, as on a full
+    disk), set in an exec wrapper."""
+    wrapper = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    return subprocess.Popen([sys.executable, "-c", wrapper, sys.executable, str(SCRIPT),
+                             *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_overwrite_is_refused_without_the_flag_and_atomic_with_it(fixtures_dir, tmp_path):
+    from kdsr_jax import convert
+
+    out = tmp_path / "conv"
+    classic = fixtures_dir / "classic_st_small_x4.pth"
+    assert finish(start("--input", classic, "--output", out))[0] == 0
+    before = _tree_bytes(out)
+    src = fixtures_dir / "gan_st_small_x4.pth"
+    rc, _, err = finish(start("--input", src, "--output", out))
+    assert rc == 1 and err.strip().splitlines() == [
+        f"error: {out} already exists; pass --overwrite to replace it"]
+    # A write that fails half-way (the disk fills up) keeps the old model as it was.
+    rc, _, err = finish(_file_size_limited(20_000, "--input", src, "--output", out,
+                                           "--overwrite"))
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: cannot write {out}: File too large")
+    assert _tree_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["conv"]
+    assert convert.load_converted(out)[0].spec.setting == "classic"
+    rc, _, err = finish(start("--input", src, "--output", out, "--overwrite"))
+    assert rc == 0, err
+    assert convert.load_converted(out)[0].spec.setting == "gan"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv"]     # no temporary left
+
+
+def test_to_torch_refuses_to_replace_a_pth_without_overwrite(fixtures_dir, tmp_path):
+    conv = tmp_path / "conv"
+    classic = fixtures_dir / "classic_st_small_x4.pth"
+    assert finish(start("--input", classic, "--output", conv))[0] == 0
+    target = tmp_path / "keep.pth"
+    target.write_bytes(b"precious")
+    rc, _, err = finish(start("--to-torch", "--input", conv, "--output", target))
+    assert rc == 1 and "pass --overwrite" in err and target.read_bytes() == b"precious"
+    rc, _, err = finish(start("--to-torch", "--input", conv, "--output", target, "--overwrite"))
+    assert rc == 0, err
+    assert torch_io.load_pth(target)
+
+
+def test_to_torch_exports_a_training_workdir_compressed_and_strict_loadable(tmp_path):
+    """A training workdir exports as the official layout; the file is zip-deflated and
+    torch.load + load_state_dict(strict=True) into the PyTorch twin gives our weights."""
+    torch = pytest.importorskip("torch")
+    from kdsr_jax import checkpoints
+    from kdsr_jax.bench import torch_twin
+    from kdsr_jax.train import loop
+    from test_train_loop import _config
+
+    wd = tmp_path / "run"
+    loop.train_and_evaluate(_config(total_steps=1), str(wd), num_devices=1, progress=False)
+    out = tmp_path / "teacher.pth"
+    rc, stdout, err = finish(start("--to-torch", "--input", wd, "--output", out))
+    assert rc == 0, err
+    assert {i.compress_type for i in zipfile.ZipFile(out).infolist()} == {zipfile.ZIP_DEFLATED}
+    model, variables = checkpoints.load(wd)
+    twin = torch_twin.build_twin(model.spec)
+    twin.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
+    ref = torch_twin.twin_from_variables(model.spec, variables).state_dict()
+    for k, v in twin.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), ref[k].numpy(), err_msg=k)
+
+
+def test_gan_export_stores_shared_weights_once_and_smaller_than_torch_save(fixtures_dir,
+                                                                          tmp_path):
+    """'params' and 'params_ema' hold the same arrays: one storage each (as torch.save
+    does for shared storages), deflated: the round trip is smaller than the original."""
+    src = fixtures_dir / "gan_st_small_x4.pth"
+    conv, back = tmp_path / "conv", tmp_path / "back.pth"
+    assert finish(start("--input", src, "--output", conv))[0] == 0
+    assert finish(start("--to-torch", "--input", conv, "--output", back))[0] == 0
+    names = zipfile.ZipFile(back).namelist()
+    n_tensors = len(torch_io.load_pth(back)["params"])
+    assert sum("/data/" in n for n in names) == n_tensors
+    assert back.stat().st_size < 0.5 * src.stat().st_size

@@ -199,3 +199,46 @@ def test_nothing_scorable_is_a_one_line_error(tiny, tmp_path, capsys):
     assert evaluate_script.main(["--checkpoint", ckpt, "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]   # after the progress bar
     assert err.startswith("error: no image could be scored") and "s.png" in err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--max-images", "-1"], "error: --max-images must be >= 0 (got -1)"),
+    (["--batch-size", "0"], "error: --batch-size must be >= 1 (got 0)"),
+    (["--noise", "nan"], "error: --noise must be a finite number (got nan)"),
+    (["--protocol", "aniso", "--lambda1", "0"], "error: --lambda1 must be > 0 (got 0)"),
+])
+def test_every_number_is_checked(tiny, data_root, capsys, argv, msg):
+    ckpt, _, _ = tiny
+    assert evaluate_script.main(["--checkpoint", ckpt, "--data", str(data_root)] + argv) == 1
+    assert capsys.readouterr().err.strip() == msg
+
+
+def test_save_images_writes_every_sr_image_and_outputs_are_not_replaced(tiny, data_root,
+                                                                        tmp_path, capsys):
+    from kdsr_jax.data import images
+
+    ckpt, model, v = tiny
+    out = tmp_path / "sr"
+    argv = ["--checkpoint", ckpt, "--data", str(data_root), "--datasets", "Set14",
+            "--protocol", "aniso", "--noise", "0", "--no-bicubic", "--save-images", str(out),
+            "--output", str(tmp_path / "res")]
+    assert evaluate_script.main(argv) == 0
+    deg = protocol.aniso_degradation(3.5, 1.5, 30, 0)
+    path = out / "Set14" / "aniso_l1_3.5_l2_1.5_theta_30" / "astronaut.png"
+    assert sorted(p.relative_to(out) for p in out.rglob("*.png")) == [path.relative_to(out)]
+    hr = protocol.crop_to_scale(images.load_image(data_root / "Set14" / "HR" / "astronaut.png"), 4)
+    lr = protocol.synthesize_lr(hr, deg, 4, protocol.noise_key(0, 0, 0))
+    sr = np.asarray(model.apply(v, jnp.asarray(lr[None])))[0]
+    want = np.floor(np.clip(sr, 0, 1) * 255 + 0.5)
+    assert np.abs(images.load_image(path).astype(int) - want).max() <= 1
+    capsys.readouterr()
+    # A second run refuses to replace the report and the images without --overwrite.
+    before = path.read_bytes()
+    assert evaluate_script.main(argv) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'res.json'} already exists (and 1 more); pass --overwrite to "
+        "replace it")
+    assert evaluate_script.main(argv[:-2]) == 1
+    assert "astronaut.png already exists" in capsys.readouterr().err
+    assert evaluate_script.main(argv + ["--overwrite"]) == 0
+    assert path.read_bytes() == before                     # deterministic: same image

@@ -106,3 +106,18 @@ def test_gan_step_with_per_group_pools_is_the_same_on_2_devices_as_on_1(tmp_path
     np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
     np.testing.assert_allclose(two.pool["lq"], one.pool["lq"], rtol=1e-5, atol=1e-6)
     _leaves_close(two.params, one.params, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_perceptual_weight_0_needs_no_vgg_file(tmp_path):
+    """An unused loss needs no weights: weight 0 and no vgg_path build and step."""
+    config = _config("gan", tmp_path)
+    config.perceptual.vgg_path = ""
+    config.perceptual.weight = 0.0
+    _, _, metrics = _one_step(config)        # builds (no VGG19 loaded) and steps
+    assert metrics["perceptual"] == 0.0
+    np.testing.assert_allclose(metrics["loss"], metrics["l1"] + metrics["kd"] + metrics["g_gan"],
+                               rtol=1e-5)
+    config.perceptual.weight = 1.0
+    with pytest.raises(ValueError, match="perceptual.weight=0 to train without it"):
+        loop.build(config, loop.model_spec(config), jax.random.PRNGKey(0))

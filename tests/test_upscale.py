@@ -61,22 +61,23 @@ def test_folder_of_png_jpg_gray_rgba_16bit_is_upscaled(tmp_path, student_ckpt, c
     assert upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out),
                          "--tile", "0"]) == 0
     names = sorted(os.listdir(out))
-    assert names == ["a.png", "b.png", "c_gray.png", "d_rgba.png", "e16.png"]
+    assert names == ["a_out.png", "b_out.png", "c_gray_out.png", "d_rgba_out.png",
+                     "e16_out.png"]
     # Output of the RGB file = the model's forward, quantised to 8 bits.
     ref = np.asarray(model.apply(v, jnp.asarray(rgb[None] / 255.0, jnp.float32)))[0]
-    got = images.load_image(out / "a.png")
+    got = images.load_image(out / "a_out.png")
     assert got.shape == (160, 176, 3)
     assert np.abs(got.astype(int) - np.round(np.clip(ref, 0, 1) * 255)).max() <= 1
-    rgba, a, bits = images.load_image_full(out / "d_rgba.png")
+    rgba, a, bits = images.load_image_full(out / "d_rgba_out.png")
     assert a is not None and bits == 8
     want_a = np.clip(protocol.bicubic_upscale(alpha[..., None] / 255.0, 4)[..., 0], 0, 1)
     assert np.abs(a - want_a).max() <= 1 / 255 + 1e-6
-    assert images.load_image_full(out / "e16.png")[2] == 16
-    assert images.load_image(out / "c_gray.png").shape == (160, 176, 3)
+    assert images.load_image_full(out / "e16_out.png")[2] == 16
+    assert images.load_image(out / "c_gray_out.png").shape == (160, 176, 3)
     assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
     umask = os.umask(0)
     os.umask(umask)
-    assert os.stat(out / "a.png").st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(out / "a_out.png").st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_tiled_cli_output_equals_untiled(tmp_path, student_ckpt):
@@ -87,8 +88,8 @@ def test_tiled_cli_output_equals_untiled(tmp_path, student_ckpt):
                   "--tile", "0"])
     upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(tmp_path / "t"),
                   "--tile", "32", "--tile-pad", "12"])
-    a = images.load_image(tmp_path / "u" / "x.png").astype(int)
-    b = images.load_image(tmp_path / "t" / "x.png").astype(int)
+    a = images.load_image(tmp_path / "u" / "x_out.png").astype(int)
+    b = images.load_image(tmp_path / "t" / "x_out.png").astype(int)
     assert np.abs(a - b).max() <= 1   # float rounding may flip one 8-bit level
 
 
@@ -200,3 +201,83 @@ def test_folder_where_nothing_can_be_upscaled_exits_non_zero(tmp_path, student_c
 def test_list_models_needs_no_other_flag(capsys):
     assert upscale.main(["--list-models"]) == 0
     assert "KDSR-GANV2-x4" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ never destroy inputs (14)
+
+def _pngs(folder):
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))}
+
+
+def test_output_into_the_input_folder_never_replaces_an_input(tmp_path, student_ckpt, capsys):
+    ckpt, _, _ = student_ckpt
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_photo()).save(tmp_path / name)
+    before = _pngs(tmp_path)
+    # The empty suffix would write a.png over a.png: refused, even with --overwrite.
+    for extra in ([], ["--overwrite"]):
+        rc = upscale.main(["--checkpoint", ckpt, "-i", str(tmp_path), "-o", str(tmp_path),
+                           "--suffix", "", "--tile", "0", *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and err == (f"error: the output {tmp_path / 'a.png'} would replace "
+                                   f"the input {tmp_path / 'a.png'}; choose another -o "
+                                   "folder or --suffix")
+        assert _pngs(tmp_path) == before
+    # The default suffix writes next to the inputs.
+    assert upscale.main(["--checkpoint", ckpt, "-i", str(tmp_path), "-o", str(tmp_path),
+                         "--tile", "0"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a_out.png", "b.png", "b_out.png"]
+    assert {n: _pngs(tmp_path)[n] for n in before} == before
+
+
+def test_existing_outputs_need_overwrite_and_clashing_names_are_refused(tmp_path,
+                                                                        student_ckpt, capsys):
+    ckpt, _, _ = student_ckpt
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    Image.fromarray(_photo()).save(src / "a.png")
+    (out / "a_out.png").write_bytes(b"earlier result")
+    rc = upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out), "--tile", "0"])
+    assert rc == 1 and capsys.readouterr().err.strip() == (
+        f"error: {out / 'a_out.png'} already exists; pass --overwrite to replace it")
+    assert (out / "a_out.png").read_bytes() == b"earlier result"
+    assert upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out), "--tile", "0",
+                         "--overwrite"]) == 0
+    assert images.load_image(out / "a_out.png").shape == (160, 176, 3)
+    Image.fromarray(_photo()).save(src / "a.jpg")        # a.png and a.jpg -> a_out.png
+    rc = upscale.main(["--checkpoint", ckpt, "-i", str(src), "-o", str(out), "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "would both be written to" in err and "\n" not in err
+
+
+def test_tiled_image_reports_per_tile_progress(student_ckpt):
+    from kdsr_jax.evaluate import tiling
+
+    ckpt, model, v = student_ckpt
+    runner = tiling.Runner(model, v)
+    calls = []
+    runner.upscale(_photo(70, 90).astype(np.float32) / 255.0, tile=32, tile_pad=8,
+                   progress=lambda done, total: calls.append((done, total)))
+    n = len(list(tiling.tile_windows(70, 90, 32, 8)))
+    assert n > 1 and calls == [(i, n) for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("script", ["upscale.py", "evaluate.py", "convert.py", "train.py",
+                                    "benchmark.py", "demo.py"])
+def test_every_cli_help_reads_whole(script):
+    """--help shows the script's whole description: its first paragraph ends with a
+    full stop (no sentence cut off) and every line of it appears in the help."""
+    path = REPO / "scripts" / script
+    r = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    doc = importlib.util.spec_from_file_location("m", path)
+    import ast
+
+    text = ast.get_docstring(ast.parse(path.read_text()))
+    first = text.split("\n\n")[0]
+    assert first.rstrip().endswith((".", ":")), first
+    help_text = " ".join(r.stdout.split())
+    for line in first.splitlines():
+        assert " ".join(line.split()) in help_text, (script, line)

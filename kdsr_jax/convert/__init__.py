@@ -46,6 +46,7 @@ is exact.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import struct
@@ -160,7 +161,8 @@ def from_torch(path, dtype=None, **spec_overrides):
 
 
 def to_torch(spec: ModelSpec, variables, path) -> None:
-    """Write `variables` as an official-layout .pth (see module docstring)."""
+    """Write `variables` as an official-layout .pth (see module docstring), zip-deflated
+    (`torch.load` reads it; the same arrays under two keys are stored once), atomically."""
     sd = state_dict_from_variables(spec, variables)
     sd = torch_io.with_metadata(sd, torch_metadata(spec, sd.keys()))
     if spec.kind == "discriminator":
@@ -169,7 +171,7 @@ def to_torch(spec: ModelSpec, variables, path) -> None:
         obj = {PARAM_KEY: sd, PARAM_KEY_EMA: torch_io.with_metadata(sd, torch_io.metadata_of(sd))}
     else:
         obj = sd
-    torch_io.save_pth(obj, path)
+    torch_io.save_pth(obj, path, compress=True)
 
 
 def _abstract_variables(spec: ModelSpec):
@@ -177,25 +179,46 @@ def _abstract_variables(spec: ModelSpec):
 
 
 def save_converted(directory, spec: ModelSpec, variables, overwrite: bool = False) -> None:
-    """Orbax checkpoint of `variables` in `directory/variables` plus `directory/model.json`."""
+    """Orbax checkpoint of `variables` in `directory/variables` plus `directory/model.json`.
+
+    The whole directory is written into a temporary sibling and swapped in only after
+    both parts are complete (`kdsr_jax.fileio.replacing`): a full disk or a crash leaves
+    an existing converted model as it was. An existing converted model is replaced only
+    with `overwrite=True` (scripts/convert.py: `--overwrite`); an existing folder that is
+    not a converted model (other files) is never replaced. Write errors (disk full,
+    permissions) raise `orbax_steps.CheckpointIOError` (an OSError, one line).
+    """
     import orbax.checkpoint as ocp
 
+    from kdsr_jax import fileio, orbax_steps
+
     directory = pathlib.Path(directory).absolute()
-    target = directory / VARIABLES_DIR
-    if target.exists() and not overwrite:
-        raise ConversionError(f"{target} already exists (pass overwrite=True to replace it)")
+    if directory.exists():
+        entries = set(p.name for p in directory.iterdir()) if directory.is_dir() else None
+        if entries is None:
+            raise ConversionError(f"{directory} exists and is not a directory")
+        if entries and not entries <= {VARIABLES_DIR, MODEL_JSON}:
+            raise ConversionError(f"{directory} exists and is not a converted model directory "
+                                  f"(it holds {', '.join(sorted(entries)[:3])}); choose another "
+                                  "output")
+        if entries and not overwrite:
+            raise ConversionError(f"{directory} already exists (a converted model); pass "
+                                  "overwrite=True (scripts/convert.py: --overwrite) to replace it")
     abstract = _abstract_variables(spec)
     if jax.tree_util.tree_structure(abstract) != jax.tree_util.tree_structure(variables):
         raise ConversionError(f"variables do not match the model of spec {spec}")
-    directory.mkdir(parents=True, exist_ok=True)
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), variables)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, variables, force=overwrite)
-        ckptr.wait_until_finished()
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spec": spec.to_dict()}
     if spec.kind != "discriminator":   # what the weights were converted with (load checks it)
         meta[CONSTANTS_KEY] = {"sub_mean_bias": mean_shift_bias(spec.rgb_range, -1).tolist()}
-    (directory / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    with fileio.replacing(str(directory), directory=True) as tmp:
+        tmp = pathlib.Path(tmp)
+        with orbax_steps.contained(f"cannot write {directory}"):
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(tmp / VARIABLES_DIR, variables)
+                ckptr.wait_until_finished()
+        (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)     # mkdtemp makes 0700
 
 
 def _leaf_shapes(tree, prefix=()) -> dict[tuple[str, ...], tuple[int, ...]]:

@@ -388,6 +388,10 @@ class _PickleWriter:
     def __init__(self):
         self.out = io.BytesIO()
         self.storages: list[bytes] = []
+        # id(source array) -> (array, storage key): an array met twice (e.g. the same
+        # weights under 'params' and 'params_ema') is stored once, as torch.save
+        # stores a shared storage once. The array is kept so its id stays unique.
+        self._shared: dict[int, tuple[Any, str]] = {}
 
     # -- opcode helpers
     def _w(self, b: bytes):
@@ -425,7 +429,7 @@ class _PickleWriter:
         if v is None:
             self._w(pickle.NONE)
         elif isinstance(v, (np.ndarray, np.generic)):  # numpy scalars carry a dtype: 0-d tensors
-            self.tensor(np.asarray(v), where)
+            self.tensor(np.asarray(v), where, source=v if isinstance(v, np.ndarray) else None)
         elif isinstance(v, bool):
             self._w(pickle.NEWTRUE if v else pickle.NEWFALSE)
         elif isinstance(v, int):
@@ -444,7 +448,7 @@ class _PickleWriter:
                 self.value(x, f"{where}[{i}]")
             self._w(pickle.APPENDS)
         elif hasattr(v, "__array__") and hasattr(v, "dtype") and hasattr(v, "shape"):
-            self.tensor(np.asarray(v), where)
+            self.tensor(np.asarray(v), where, source=v)
         else:
             raise CheckpointError(f"cannot save a value of type {type(v).__name__} at {where}")
 
@@ -473,7 +477,7 @@ class _PickleWriter:
             self.value(metadata, f"{where}._metadata")
             self._w(pickle.SETITEM + pickle.BUILD)
 
-    def tensor(self, a: np.ndarray, where: str):
+    def tensor(self, a: np.ndarray, where: str, source: Any = None):
         name = next((n for n, dt in _STORAGE_DTYPES.items()
                      if dt == a.dtype or (a.dtype.byteorder == ">" and dt == a.dtype.newbyteorder("<"))),
                     None)
@@ -481,8 +485,13 @@ class _PickleWriter:
             raise CheckpointError(f"cannot save an array of dtype {a.dtype} at {where}")
         dtype = _STORAGE_DTYPES[name]
         a = np.ascontiguousarray(a, dtype=dtype)
-        key = str(len(self.storages))
-        self.storages.append(a.tobytes(order="C"))
+        source = a if source is None else source
+        if id(source) in self._shared:
+            key = self._shared[id(source)][1]
+        else:
+            key = str(len(self.storages))
+            self.storages.append(a.tobytes(order="C"))
+            self._shared[id(source)] = (source, key)
         stride, acc = [], 1
         for n in reversed(a.shape):
             stride.append(acc)
@@ -521,9 +530,15 @@ def _aligned_info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     return info
 
 
-def save_pth(obj, path) -> None:
+def save_pth(obj, path, compress: bool = False) -> None:
     """Write `obj` as a `torch.save`-compatible zip that `torch.load(path,
     weights_only=True)` reads (no torch needed here).
+
+    `compress=False` (default) writes the byte layout of `torch.save` itself (stored
+    entries, 64-byte aligned). `compress=True` deflates every entry (level 6; what
+    `kdsr_jax.convert.to_torch` writes): torch's zip reader (miniz) inflates deflated
+    entries, so `torch.load` reads it as usual, except `torch.load(..., mmap=True)`,
+    which needs stored entries.
 
     `obj` is nested mappings/lists/tuples of arrays (numpy, jax, anything with
     `__array__`), str, int, float, bool and None. Arrays (and numpy scalars, as 0-d
@@ -554,7 +569,13 @@ def save_pth(obj, path) -> None:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
                 for name, data in records:
-                    zf.writestr(_aligned_info(zf, prefix + name), data)
+                    if compress:
+                        info = zipfile.ZipInfo(prefix + name, date_time=(1980, 1, 1, 0, 0, 0))
+                        info.external_attr = 0o600 << 16
+                        zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED,
+                                    compresslevel=6)
+                    else:
+                        zf.writestr(_aligned_info(zf, prefix + name), data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; torch.save files are world-readable

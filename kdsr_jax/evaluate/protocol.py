@@ -237,7 +237,9 @@ def _scored(skipped: list, per_image: list) -> None:
 def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
                        bucket: int = 32, batch_size: int = 1, max_images: int = 0,
                        progress: Callable[[int], None] | None = None,
-                       with_bicubic: bool = True, per_image: bool = True) -> dict:
+                       with_bicubic: bool = True, per_image: bool = True,
+                       on_sr: Callable[[str, str, Degradation, np.ndarray], None] | None = None
+                       ) -> dict:
     """Runs the iso/aniso protocol. `datasets` = [(name, [hr paths])]. Returns
     {'rows': {method: {dataset: (psnr, ssim)}}, 'per_image': [...], 'skipped': [...]}.
 
@@ -245,7 +247,9 @@ def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
     window after cropping) is skipped: recorded in 'skipped' with its reason, the means
     cover the rest (NaN for a dataset with none left). ProtocolError if no image at all
     could be scored. Noise keys keep each image's index, so skipping one image never
-    changes another's score."""
+    changes another's score.
+    `on_sr(dataset, hr_path, degradation, sr)` receives each SR image (h, w, 3) float
+    in [0, 1] (e.g. to save it: scripts/evaluate.py --save-images)."""
     from kdsr_jax.data import images as image_io
 
     s = runner.scale
@@ -279,6 +283,8 @@ def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
                                  progress=progress) if idx else []
             for ii, lr, sr in zip(idx, lrs, srs):
                 hr = hrs[ii]
+                if on_sr is not None:
+                    on_sr(name, paths[ii], deg, sr)
                 try:
                     p, q = metrics.psnr_y(sr, hr, s), metrics.ssim_y(sr, hr, s)
                     if with_bicubic:
@@ -309,11 +315,13 @@ def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
 def evaluate_paired(runner, lr_dir: str, gt_dir: str, *, name: str = "paired",
                     bucket: int = 32, batch_size: int = 1,
                     progress: Callable[[int], None] | None = None,
-                    with_bicubic: bool = True) -> dict:
+                    with_bicubic: bool = True,
+                    on_sr: Callable[[str, str, None, np.ndarray], None] | None = None) -> dict:
     """KDSR-GAN protocol: LR files as given, GT paired by sorted order, GT cropped to
     (s h_lr, s w_lr) top-left, BasicSR PSNR/SSIM-Y (crop 4). A pair that cannot be
     scored (unreadable file, GT smaller than s x LR, too small for SSIM) is skipped and
-    recorded in 'skipped' with its reason; ProtocolError if none could be scored."""
+    recorded in 'skipped' with its reason; ProtocolError if none could be scored.
+    `on_sr(name, lr_path, None, sr)` receives each SR image as in `evaluate_synthetic`."""
     from kdsr_jax.data import images as image_io
 
     for d in (lr_dir, gt_dir):
@@ -345,6 +353,8 @@ def evaluate_paired(runner, lr_dir: str, gt_dir: str, *, name: str = "paired",
                          progress=progress) if pairs else []
     sc, bc, per = Scores(), Scores(), []
     for (p, lr, gt), sr in zip(pairs, srs):
+        if on_sr is not None:
+            on_sr(name, p, None, sr)
         sr8 = np.round(np.clip(sr, 0, 1) * 255).astype(np.uint8)
         try:
             a = (metrics.psnr_y_basicsr(sr8, gt), metrics.ssim_y_basicsr(sr8, gt))
@@ -393,14 +403,18 @@ def format_table(result: dict) -> str:
     return "\n".join([fmt(header), sep] + [fmt(r) for r in lines] + notes)
 
 
+def output_paths(output: str) -> tuple[str, str]:
+    """(`<stem>.json`, `<stem>.csv`) for `output` (a stem, or ending in .json/.csv)."""
+    stem = output[:-5] if output.endswith(".json") else output[:-4] if output.endswith(
+        ".csv") else output
+    return stem + ".json", stem + ".csv"
+
+
 def write_outputs(result: dict, output: str) -> tuple[str, str]:
     """Writes `<output>.json` (everything) and `<output>.csv` (per-dataset means)
     atomically; `output` may end in .json/.csv or be a stem. Returns the two paths."""
-    stem = output[:-5] if output.endswith(".json") else output[:-4] if output.endswith(
-        ".csv") else output
-    folder = os.path.dirname(os.path.abspath(stem))
-    os.makedirs(folder, exist_ok=True)
-    jpath, cpath = stem + ".json", stem + ".csv"
+    jpath, cpath = output_paths(output)
+    os.makedirs(os.path.dirname(os.path.abspath(jpath)), exist_ok=True)
     serial = dict(result)
     serial["rows"] = {m: {d: {"psnr": v[0], "ssim": v[1]} for d, v in r.items()}
                       for m, r in result["rows"].items()}

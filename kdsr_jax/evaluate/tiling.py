@@ -325,10 +325,12 @@ class Runner:
 
     def upscale(self, image: np.ndarray, tile: int | None = None, tile_pad: int = 16,
                 bucket: int = DEFAULT_BUCKET, out: np.ndarray | None = None,
-                quantize: Callable[[np.ndarray], np.ndarray] | None = None):
+                quantize: Callable[[np.ndarray], np.ndarray] | None = None,
+                progress: Callable[[int, int], None] | None = None):
         """SR of one LR image (h, w, 3) float32 [0,1]. `tile=None`/0: one canvas.
         Tiles are written into `out` (allocated if None) after `quantize` (e.g. to
-        uint8), so no full-size float image is ever held."""
+        uint8), so no full-size float image is ever held. `progress(done, total)` is
+        called after each generator tile (once, (1, 1), without tiling)."""
         s = self.scale
         h, w = image.shape[:2]
         q = quantize or (lambda a: a)
@@ -342,15 +344,20 @@ class Runner:
             idr, _ = self.encode_canvas(lr, [(h, w)])
             sr = np.asarray(self.generate_canvas(lr, [(h, w)], idr))
             out[...] = q(sr[0, :h * s, :w * s])
+            if progress is not None:
+                progress(1, 1)
             return out
         idr, _ = self.encode_tiled(image, tile, bucket)
-        for win, core in tile_windows(h, w, tile, tile_pad, bucket):
+        windows = list(tile_windows(h, w, tile, tile_pad, bucket))
+        for done, (win, core) in enumerate(windows, 1):
             lr, valid = _window(image, win)
             sr = np.asarray(self.generate_canvas(lr, [valid], idr))[0]
             y0, y1, x0, x1 = (int(c) for c in core)        # core, window coordinates
             wy, wx = win[0], win[2]
             out[(wy + y0) * s:(wy + y1) * s, (wx + x0) * s:(wx + x1) * s] = q(
                 sr[y0 * s:y1 * s, x0 * s:x1 * s])
+            if progress is not None:
+                progress(done, len(windows))
         return out
 
 

@@ -9,12 +9,16 @@ Workdir layout:
   checkpoints/<step>/ orbax: train state (params, Adam, EMA, discriminator, pool, rng,
                       step) + the host data-iterator state
   tb/                 TensorBoard events (losses, lr, steps/s, eval PSNR/SSIM, images)
+  .lock               held while a run trains (kdsr_jax.train.workdir)
+  checkpoints_damaged/  damaged steps moved aside on resume (kdsr_jax.orbax_steps)
 
 Checkpoints are written every `checkpoint_every_steps`, at the end, and when SIGTERM
 or SIGINT arrives (the current step finishes, the state is saved, the run exits
 cleanly). Running the same command again on the same workdir resumes exactly: the
-state, RNG and data position are restored. A non-finite loss stops the run with
-`NonFiniteLossError` before anything is saved, so the last good checkpoint stays.
+state, RNG and data position are restored. A non-finite loss, or non-finite updated
+parameters (checked before every save), stop the run with `NonFiniteLossError` before
+anything is saved, so every checkpoint holds finite weights. Before anything is written
+the config is validated and the workdir checked and locked (kdsr_jax.train.workdir).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from kdsr_jax import checkpoints, models
+from kdsr_jax import checkpoints, models, orbax_steps
 from kdsr_jax.degradation import pool as pool_lib
 from kdsr_jax.models.spec import ModelSpec
-from kdsr_jax.train import config_base, evaluation, sharding, state as state_lib, steps, vgg
+from kdsr_jax.train import (config_base, evaluation, sharding, state as state_lib, steps,
+                            validate, vgg)
+from kdsr_jax.train import workdir as workdir_lib
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +74,6 @@ def model_spec(config) -> ModelSpec:
 
 def _load_frozen_teacher(config, spec: ModelSpec):
     """The frozen teacher of a student stage, checked against the student's sizes."""
-    from kdsr_jax import checkpoints
 
     if not config.teacher:
         raise ValueError(f"stage {config.stage!r} needs a teacher: pass --config.teacher=PATH "
@@ -124,7 +129,8 @@ def build(config, spec: ModelSpec, key: jax.Array):
         params = s_vars["params"]
         d_vars = models.init_variables(_discriminator_spec(config), k_d, lr_hw=(32, 32))
         d_model = models.build_model(_discriminator_spec(config), dtype=dtype)
-        frozen["vgg"] = _load_vgg(config)
+        if config.perceptual.weight:     # an unused perceptual loss needs no VGG19 file
+            frozen["vgg"] = _load_vgg(config)
     fresh = state_lib.create(params=params, tx=tx, seed=config.seed, ema=True,
                              ema_params=ema_params, d_variables=d_vars,
                              pool=_init_pool(config))
@@ -144,7 +150,9 @@ def _init_pool(config):
 
 
 def _load_vgg(config):
-    if config.perceptual.vgg_path == "random":   # smoke tests only
+    if config.perceptual.vgg_path == "random":   # tests only: not a perceptual loss
+        logger.warning("--config.perceptual.vgg_path=random: random VGG19 weights, for "
+                       "tests only; the perceptual loss is meaningless")
         return vgg.random_params(jax.random.PRNGKey(0))
     return vgg.load_torchvision_vgg19(config.perceptual.vgg_path)
 
@@ -176,17 +184,40 @@ class _StopFlag:
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                 options=options)
+    return orbax_steps.open_manager(lambda: ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options))
 
 
-def _write_json(path: str, text: str) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _restore_newest(mgr: ocp.CheckpointManager, workdir: str, abstract):
+    """(step, restored) of the newest readable checkpoint, or (None, None). Damaged
+    newer steps (named in one warning) are moved to `<workdir>/checkpoints_damaged/`,
+    so the run continues from the readable step and can save those steps again."""
+    root = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    step, restored, damaged = orbax_steps.restore_newest_readable(
+        mgr.all_steps(), lambda s: os.path.join(root, str(s)),
+        lambda s: mgr.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())),
+        workdir, items=("state",))
+    if damaged and jax.process_index() == 0:
+        aside = os.path.join(workdir, workdir_lib.DAMAGED_DIR)
+        os.makedirs(aside, exist_ok=True)
+        for s, _ in damaged:
+            os.replace(os.path.join(root, str(s)),
+                       os.path.join(aside, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        mgr.reload()
+    return step, restored
+
+
+def _check_state_finite(step: int, st, last_saved: int | None) -> None:
+    """Never save NaN/inf weights: the updated parameters (and EMA, discriminator,
+    optimizer moments) of `step` must be finite."""
+    bad = validate.nonfinite_leaves({"params": st.params, "ema_params": st.ema_params,
+                                     "d_params": st.d_params, "opt_state": st.opt_state})
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite parameters after step {step} ({', '.join(bad)}); stopping without "
+            f"saving. Last good checkpoint: "
+            f"{'none' if last_saved is None else f'step {last_saved}'}")
 
 
 def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
@@ -202,17 +233,24 @@ def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        *, num_devices: int | None = None, max_steps: int | None = None,
                        progress: bool = True) -> state_lib.TrainState:
-    """Trains `config.stage` into `workdir` (resuming from its latest checkpoint).
+    """Trains `config.stage` into `workdir` (resuming from its newest readable checkpoint).
 
     `max_steps` stops after that many steps *in this call* (saving a checkpoint), as if
-    interrupted; tests use it to check exact resumption.
+    interrupted; tests use it to check exact resumption. Before anything is written the
+    config is validated (`validate.check_config`) and the workdir checked and locked
+    (`workdir.prepare`): ValueErrors with one-line messages.
     """
+    validate.check_config(config)
+    spec = model_spec(config)
+    with workdir_lib.prepare(config, workdir, spec):
+        return _train(config, workdir, spec, num_devices=num_devices, max_steps=max_steps,
+                      progress=progress)
+
+
+def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, progress):
     from kdsr_jax.data import pipeline
 
-    os.makedirs(workdir, exist_ok=True)
-    spec = model_spec(config)
-    _write_json(os.path.join(workdir, MODEL_JSON), spec.to_json())
-    _write_json(os.path.join(workdir, CONFIG_JSON), config.to_json_best_effort(indent=2))
+    workdir_lib.write_run_files(workdir, spec, config)
 
     mesh = sharding.make_mesh(num_devices)
     sharding.check_batch_size(config.batch_size, mesh)
@@ -222,12 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     frozen = sharding.replicate(frozen, mesh)
 
     mgr = _checkpoint_manager(workdir, config.keep_checkpoints)
-    start = mgr.latest_step()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    start, restored = _restore_newest(mgr, workdir, abstract)
     data_state = None
-    if start is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = mgr.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    if restored is not None:
         state, data_state = restored.state, restored.data
         logger.info("resumed from %s at step %d", workdir, start)
     start = int(jax.device_get(state.step))
@@ -239,10 +275,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         data_it.set_state(data_state)
 
     def save(step: int, st) -> None:
-        mgr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(st), data=ocp.args.JsonSave(data_it.get_state())),
-            force=True)
-        mgr.wait_until_finished()
+        _check_state_finite(step, st, last_saved)
+        with orbax_steps.contained(f"cannot save checkpoint step {step} in {workdir}"):
+            mgr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(st), data=ocp.args.JsonSave(data_it.get_state())),
+                force=True)
+            mgr.wait_until_finished()
 
     pairs = evaluation.make_pairs(config.eval, spec.scale) if config.eval_every_steps else []
     predict = evaluation.make_predict(models.build_model(spec)) if pairs else None

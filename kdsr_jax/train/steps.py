@@ -229,8 +229,11 @@ def make_kdsrgan_step(config: ml_collections.ConfigDict, model, teacher,
 
         def g_loss(p):
             sr, l1, kd = _student_l1_kd(model, p, lq, gt, t_fea, temperature)
-            features = lambda x: vgg_net.apply({"params": frozen["vgg"]}, x)  # noqa: E731
-            percep = losses.perceptual(features, sr, gt, layer_weights)
+            if perceptual_weight:
+                features = lambda x: vgg_net.apply({"params": frozen["vgg"]}, x)  # noqa: E731
+                percep = losses.perceptual(features, sr, gt, layer_weights)
+            else:       # --config.perceptual.weight=0: no VGG19 at all
+                percep = jnp.zeros((), jnp.float32)
             # D frozen (no D gradient); its spectral-norm power iteration still runs.
             logits, d_vars = discriminator.apply(
                 {"params": jax.lax.stop_gradient(state.d_params),

@@ -102,7 +102,8 @@ def load_torchvision_vgg19(path: str) -> dict[str, Any]:
     """Flax params from torchvision's ImageNet `vgg19` `.pth` file (clear error if absent)."""
     if not path:
         raise ValueError("the perceptual loss needs torchvision's ImageNet VGG19 weights: "
-                         "pass --config.perceptual.vgg_path=/path/to/vgg19-dcbb9e9d.pth")
+                         "pass --config.perceptual.vgg_path=/path/to/vgg19-dcbb9e9d.pth "
+                         "(or --config.perceptual.weight=0 to train without it)")
     if not os.path.isfile(path):
         raise ValueError(f"VGG19 weights not found: {path} (torchvision vgg19-dcbb9e9d.pth)")
     from kdsr_jax.convert import torch_io
