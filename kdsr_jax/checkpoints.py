@@ -21,6 +21,8 @@ import json
 import os
 
 import jax
+import orbax.checkpoint as ocp
+from etils import epath
 
 from kdsr_jax import convert, hub, models, orbax_steps
 from kdsr_jax.convert.mapping import ConversionError, check_finite
@@ -39,9 +41,31 @@ def is_training_workdir(path: str) -> bool:
             and os.path.isfile(os.path.join(path, MODEL_JSON)))
 
 
+def _restore_state(mgr, root: str, workdir: str, step: int | None):
+    """(step, restored) of the given step, or of the newest readable one (damaged newer
+    steps are named once in a warning). The state is restored onto this process's first
+    device whatever topology wrote it (several hosts/devices): orbax refuses a
+    target-less restore across topologies, so the target comes from the saved metadata."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def restore(s):
+        saved = ocp.StandardCheckpointHandler().metadata(epath.Path(root) / str(s) / "state")
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              saved)
+        return mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+
+    if step is not None:
+        return step, restore(step)
+    step, restored, _ = orbax_steps.restore_newest_readable(
+        mgr.all_steps(), lambda s: os.path.join(root, str(s)), restore, workdir,
+        items=("state",))
+    if step is None:
+        raise LoadError(f"{workdir}: training workdir without any checkpoint yet")
+    return step, restored
+
+
 def load_workdir(workdir: str, step: int | None = None):
     """(model, {'params': ...}) from a training workdir (latest step by default)."""
-    import orbax.checkpoint as ocp
 
     with open(os.path.join(workdir, MODEL_JSON)) as f:
         meta = json.load(f)
@@ -50,15 +74,7 @@ def load_workdir(workdir: str, step: int | None = None):
     root = os.path.abspath(os.path.join(workdir, TRAIN_CHECKPOINT_DIR))
     mgr = orbax_steps.open_manager(lambda: ocp.CheckpointManager(root))
     try:
-        if step is None:    # newest readable step; damaged newer ones are named once
-            step, restored, _ = orbax_steps.restore_newest_readable(
-                mgr.all_steps(), lambda s: os.path.join(root, str(s)),
-                lambda s: mgr.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore())), workdir, items=("state",))
-            if step is None:
-                raise LoadError(f"{workdir}: training workdir without any checkpoint yet")
-        else:
-            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        step, restored = _restore_state(mgr, root, workdir, step)
     finally:
         mgr.close()
     state = restored.state

@@ -14,7 +14,9 @@ run already past --config.total_steps is refused before anything is written.
 SIGTERM / Ctrl-C: the current step finishes, a checkpoint is written, exit 0.
 Library logs (orbax, jax) are kept at WARNING; --verbosity=0 shows their INFO lines.
 Errors print one `error: ...` line and exit 1.
-Multi-host: run the same command on every host (see kdsr_jax.train.sharding).
+Multi-host: run the same command on every host (README "Multi-host training"):
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a cluster JAX detects
+(SLURM under srun, Cloud TPU, Open MPI, Kubernetes).
 """
 
 import logging as std_logging
@@ -28,6 +30,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:variants].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, model.json.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100,
+    "Multi-process runs: seconds without a heartbeat after which the JAX coordination "
+    "service declares a process dead and ends the others.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
@@ -88,9 +94,15 @@ def main(argv):
 
     _set_log_levels()
     try:
-        sharding.maybe_initialize_distributed()
+        sharding.maybe_initialize_distributed(heartbeat_timeout_s=_HEARTBEAT.value)
         state = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
         print(f"{_WORKDIR.value}: at step {int(state.step)} of {_CONFIG.value.total_steps}")
+    except loop.PeerLostError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        # Skip jax.distributed's exit barrier: the lost peer can never reach it (it
+        # would end this process with an abort and a stack dump after the heartbeat
+        # timeout). Checkpoints are already closed by the training loop.
+        os._exit(1)
     except (ValueError, OSError, loop.NonFiniteLossError) as e:
         from kdsr_jax import cli
 

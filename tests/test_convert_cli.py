@@ -159,7 +159,8 @@ def test_to_torch_exports_a_training_workdir_compressed_and_strict_loadable(tmp_
     torch.load + load_state_dict(strict=True) into the PyTorch twin gives our weights."""
     torch = pytest.importorskip("torch")
     from kdsr_jax import checkpoints
-    from kdsr_jax.bench import torch_twin
+    sys.path.insert(0, str(REPO))   # the top-level benchmarks/ package is not installed
+    from benchmarks import torch_twin
     from kdsr_jax.train import loop
     from test_train_loop import _config
 

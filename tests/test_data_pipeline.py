@@ -345,6 +345,33 @@ def test_resume_from_state_reproduces_uninterrupted_run(coord_folder, threads):
     np.testing.assert_array_equal(take(later, 1)[0], reference[4])
 
 
+@pytest.mark.parametrize("saved_with,resumed_with", [
+    (dict(worker_processes=2), dict(worker_threads=0)),      # issue 16: KeyError before
+    (dict(worker_threads=0), dict(worker_processes=2)),
+    (dict(worker_processes=2), dict(worker_processes=3)),
+    (dict(worker_threads=3, prefetch_batches=5), dict(worker_threads=1))])
+def test_resume_does_not_depend_on_loader_threads_or_processes(coord_folder, saved_with,
+                                                               resumed_with):
+    make = lambda loader, **kw: pipeline.create_train_iterator(
+        folder_cfg(coord_folder, **loader), batch_size=4, patch_size=P, augment="dihedral",
+        seed=7, **kw)
+    reference = take(make({}), 5)
+    first = make(saved_with)
+    try:
+        take(first, 3)
+        state = json.loads(json.dumps(first.get_state()))
+    finally:
+        first.close()
+    resumed = make(resumed_with)
+    try:
+        resumed.set_state(state)
+        tail = take(resumed, 2)
+    finally:
+        resumed.close()
+    for a, b in zip(reference[3:], tail):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_start_step_skips_exactly_that_many_batches(coord_folder):
     cfg = folder_cfg(coord_folder)
     reference = take(pipeline.create_train_iterator(cfg, batch_size=4, patch_size=P,
@@ -364,19 +391,34 @@ def test_same_seed_same_batches_other_seed_other_batches(coord_folder):
     assert not np.array_equal(run(11), run(12))
 
 
-def test_hosts_get_disjoint_shards_and_half_the_global_batch(coord_folder):
+def test_hosts_read_their_rows_of_the_one_global_batch(coord_folder):
+    """P hosts together read exactly the 1-host global batch (same images, crops, flips)."""
     cfg = folder_cfg(coord_folder)
-    ids = []
-    for host in (0, 1):
-        it = pipeline.create_train_iterator(cfg, batch_size=4, patch_size=P, augment="none",
-                                            seed=0, process_index=host, process_count=2)
-        batches = take(it, 3)
-        assert all(b.shape == (2, P, P, 3) for b in batches)
-        ids.append({decode_patch(p)[0] for b in batches for p in b})
-    assert ids[0] == {0, 2, 4} and ids[1] == {1, 3, 5}
+    make = lambda **kw: pipeline.create_train_iterator(cfg, batch_size=4, patch_size=P,
+                                                       augment="dihedral", seed=3, **kw)
+    reference = take(make(process_index=0, process_count=1), 4)
+    for count in (2, 4):
+        hosts = [make(process_index=h, process_count=count) for h in range(count)]
+        assert [it.rows for it in hosts] == [pipeline.host_rows(4, h, count)
+                                            for h in range(count)]
+        for k in range(4):
+            parts = [next(it)["hr"] for it in hosts]
+            assert all(p.shape == (4 // count, P, P, 3) for p in parts)
+            np.testing.assert_array_equal(np.concatenate(parts), reference[k])
+    # Explicit rows (a mesh whose devices interleave processes) pick those rows.
+    odd = make(rows=[1, 3])
+    np.testing.assert_array_equal(next(odd)["hr"], reference[0][[1, 3]])
+    # A host that resumes reads its rows of the saved step, whatever the count before.
+    state = make(process_index=0, process_count=1)
+    take(state, 2)
+    second = make(process_index=1, process_count=2)
+    second.set_state(state.get_state())
+    np.testing.assert_array_equal(next(second)["hr"], reference[2][2:])
     with pytest.raises(ValueError, match="multiple of the process count 2"):
         pipeline.create_train_iterator(cfg, batch_size=5, patch_size=P, augment="none", seed=0,
                                        process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="rows"):
+        make(rows=[0, 4])
 
 
 def test_set_state_refuses_a_differently_configured_pipeline(coord_folder):

@@ -179,10 +179,10 @@ def test_folder_keeps_going_past_bad_images_and_keeps_every_kind_of_alpha(
     assert str(src / "c_cut.png") in errors[0] and "truncated" in errors[0]
     assert str(src / "d_anim.png") in errors[1] and "animated PNG with 2 frames" in errors[1]
     assert "upscaled 2 of 4 image(s)" in cap.out and "skipped 2" in cap.out
-    assert sorted(os.listdir(out)) == ["a_trns.png", "b_pal.png"]
-    _, a, _ = images.load_image_full(out / "a_trns.png")
+    assert sorted(os.listdir(out)) == ["a_trns_out.png", "b_pal_out.png"]
+    _, a, _ = images.load_image_full(out / "a_trns_out.png")
     assert a is not None and a[:8, :8].max() < 0.5 and a[-8:, -8:].min() == 1.0
-    _, a, _ = images.load_image_full(out / "b_pal.png")
+    _, a, _ = images.load_image_full(out / "b_pal_out.png")
     index = np.asarray(pal)
     assert a is not None and a.shape == (96, 112) and (a < 1).any() == (index == 0).any()
 

@@ -106,7 +106,6 @@ def test_a_failed_start_leaves_no_half_made_workdir(tmp_path):
     ("ema_decay", 1.5, "ema_decay=1.5: must be in [0.0, 1.0)"),
     ("model.dtype", "foo", "model.dtype='foo': expected one of"),
     ("schedule.lr", float("nan"), "schedule.lr=nan: must be finite"),
-    ("kd.temperature", 0.0, "kd.temperature=0.0: must be > 0.0"),
 ])
 def test_bad_config_numbers_are_refused_before_the_workdir_is_created(tmp_path, field, value,
                                                                       message):
@@ -117,6 +116,14 @@ def test_bad_config_numbers_are_refused_before_the_workdir_is_created(tmp_path, 
         loop.train_and_evaluate(config, str(tmp_path / "w"), num_devices=1, progress=False)
     assert message in str(e.value)
     assert not (tmp_path / "w").exists()
+
+
+def test_bad_kd_temperature_of_a_student_is_refused():
+    from test_train_loop import load_config
+
+    config = load_config("student", "demo")
+    config.kd.temperature = 0.0
+    assert any("kd.temperature=0.0: must be > 0.0" in p for p in validate.config_problems(config))
 
 
 def test_every_shipped_config_passes_the_checks():

@@ -1,4 +1,4 @@
-"""Host input pipeline: random HR patches, augmentation, per-host batches (grain).
+"""Host input pipeline: random HR patches, augmentation, each host's rows of the global batch (grain).
 
 Reference: TRAINING.md §1.1 (classic: uniform random HR crop of `scale*patch_size`
 = 256 px, then horizontal flip, vertical flip, transpose, each with p = 0.5, in that
@@ -10,20 +10,27 @@ each batch (DEGRADATION.md), as in the official code.
 
 Pipeline (grain `MapDataset`, so every element is a pure function of its position):
 
-    indices of this host's shard (`process_index::process_count`)
-      -> repeated forever, shuffled afresh each epoch (`EpochShuffle`)
-      -> random_map: load image, crop, augment   (rng seeded from seed + position)
-      -> batches of `local_batch` -> skip `start_step` batches
+    step k -> global sample positions k*B + r for this host's rows r of the batch
+      -> image index: all images, repeated forever, shuffled afresh each epoch
+         (`EpochShuffle`, seeded by the run seed only)
+      -> load image, crop, augment (rng seeded from (seed, global position))
+      -> {'hr': (len(rows), P, P, 3)}; batches from `start_step` on
       -> worker threads (or processes) preparing `prefetch_batches` batches ahead
 
-Because every sample depends only on (seed, host, position), a run restored with
-`set_state(get_state())` -- or started with `start_step=k` -- yields exactly the batches
-an uninterrupted run yields from the same step.
+The global batch of step k is therefore the same images, crops and flips whatever the
+number of processes and devices: P processes each read their rows of it (`rows`,
+default the contiguous block of `process_index`), instead of a host-specific shard of
+the image list. Because every batch is determined by its step, a run resumes from the
+step alone: `create_train_iterator(..., start_step=k)` yields exactly the batches an
+uninterrupted run yields from step k, whatever the worker threads / processes or the
+process count before and after.
 
-Checkpointing: `get_state()` returns a JSON-serialisable dict (save it with e.g.
-`orbax.checkpoint.args.JsonSave`, one file per host); `set_state(state)` restores it
-and refuses a state written by a differently configured pipeline (source kind, image
-count, seed, batch, patch, augment, crop, host); the data folder itself may move.
+Checkpointing: `get_state()` returns a small JSON-serialisable dict (the step and what
+defines the batches: source kind, image count, seed, batch, patch, augment, crop); save it
+with e.g. `orbax.checkpoint.args.JsonSave` (one file for all hosts). `set_state(state)`
+continues from its step and refuses a state written by a differently configured pipeline;
+the loader settings (threads, processes, prefetch), the process count and the data
+folder's location are not part of it.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ SMALL_IMAGE_POLICIES = ("skip", "pad")
 GAN_GT_SIZE = 400
 # TRAINING.md §1.1: each flip / transpose is applied with probability 0.5.
 AUGMENT_PROB = 0.5
-_STATE_VERSION = 1
+_STATE_VERSION = 2    # 1: grain iterator state of host-sharded image lists
 
 
 def pad_bottom_right(img: np.ndarray, size: int) -> np.ndarray:
@@ -180,27 +187,62 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _local_batch(batch_size: int, process_count: int) -> int:
+def host_rows(batch_size: int, process_index: int, process_count: int) -> list[int]:
+    """The contiguous block of rows of a `batch_size` global batch that process
+    `process_index` of `process_count` reads (rows [p*B/P, (p+1)*B/P))."""
     if batch_size <= 0 or batch_size % process_count:
         raise ValueError(f"global batch size {batch_size} is not a positive multiple of the "
                          f"process count {process_count}")
-    return batch_size // process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    local = batch_size // process_count
+    return list(range(process_index * local, (process_index + 1) * local))
+
+
+class _Steps:
+    """grain source: position k -> step k (an endless sequence)."""
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, step: int) -> int:
+        return int(step)
+
+
+class _HostRowsOfBatch:
+    """grain map transform: step k -> {'hr': uint8 (len(rows), P, P, 3)}, the rows `rows`
+    of the global batch of step k. Sample k*B + r is a pure function of that global
+    position: image `order[k*B + r]`, crop/flip rng seeded from (sample_seed, k*B + r)."""
+
+    def __init__(self, order: EpochShuffle, make_patch: _MakePatch, batch_size: int,
+                 rows, sample_seed: int):
+        self.order, self.make_patch = order, make_patch
+        self.batch_size, self.rows = int(batch_size), [int(r) for r in rows]
+        self.sample_seed = int(sample_seed)
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        patches = []
+        for row in self.rows:
+            position = int(step) * self.batch_size + row
+            rng = np.random.default_rng([self.sample_seed, position])
+            patches.append(self.make_patch(self.order[position], rng)["hr"])
+        return {"hr": np.stack(patches)}
 
 
 class TrainIterator:
     """Iterator of {'hr': uint8 (local_batch, P, P, 3)} with `get_state()/set_state()`.
 
-    Attributes: `source` (its `skipped` dict counts bad images), `local_batch`,
-    `step` (index of the next batch).
+    Attributes: `source` (its `skipped` dict counts bad images), `local_batch`, `rows`
+    (this host's rows of the global batch), `step` (index of the next batch).
     """
 
-    def __init__(self, build, source, fingerprint: dict[str, Any], step: int):
+    def __init__(self, build, source, fingerprint: dict[str, Any], rows, step: int):
         self._build = build  # start_step -> grain.IterDataset of batches
         self._iterator = iter(build(step))
         self.source = source
-        self.local_batch = fingerprint["local_batch"]
+        self.rows = list(rows)
+        self.local_batch = len(self.rows)
         self._fingerprint = fingerprint
-        self._start_step = step
         self.step = step
 
     def __iter__(self):
@@ -218,12 +260,13 @@ class TrainIterator:
             close()
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-serialisable position of the iterator (per host)."""
-        return {"version": _STATE_VERSION, "step": self.step, "start_step": self._start_step,
-                "config": dict(self._fingerprint), "grain": self._iterator.get_state()}
+        """JSON-serialisable position: the next step and what defines the batches (the
+        same on every host; no loader settings, no process layout)."""
+        return {"version": _STATE_VERSION, "step": self.step, "config": dict(self._fingerprint)}
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continues from a `get_state()` result of an identically configured pipeline."""
+    def check_state(self, state: dict[str, Any]) -> int:
+        """The step of a `get_state()` result; ValueError if it is from an older format or
+        a pipeline that makes other batches (naming the differing settings)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"data iterator state version {state.get('version')!r} is not "
                              f"{_STATE_VERSION}")
@@ -232,30 +275,42 @@ class TrainIterator:
         if diff:
             details = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"data iterator state is from a different pipeline ({details})")
-        start_step = int(state["start_step"])
-        if start_step != self._start_step:  # grain positions count from that step
-            self._iterator = iter(self._build(start_step))
-            self._start_step = start_step
-        self._iterator.set_state(state["grain"])
-        self.step = int(state["step"])
+        return int(state["step"])
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from a `get_state()` result of a pipeline making the same batches
+        (any loader settings, any process count)."""
+        step = self.check_state(state)
+        if step != self.step:
+            self.close()
+            self._iterator = iter(self._build(step))
+            self.step = step
 
 
 def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment: str = "dihedral",
                           seed: int = 0, start_step: int = 0, process_index: int | None = None,
-                          process_count: int | None = None) -> TrainIterator:
+                          process_count: int | None = None, rows=None) -> TrainIterator:
     """Infinite, deterministic, checkpointable iterator of HR training patches.
 
     Args:
       data_cfg: `sources.default_data_config()`-style ConfigDict (source + pipeline
         options `crop`, `small_images`, `worker_threads`, `worker_processes`,
         `prefetch_batches`).
-      batch_size: GLOBAL batch; each host yields `batch_size // process_count`.
+      batch_size: GLOBAL batch B; each host yields its `rows` of it.
       patch_size: HR patch side in pixels (classic 256 = 4*64; GAN 400 with
         `crop='pad_or_crop'`).
       augment: 'dihedral' (classic), 'hflip' (GAN) or 'none'.
-      seed: all randomness (shuffle, crops, flips) derives from it and the host index.
+      seed: all randomness (shuffle, crops, flips) derives from it and the sample's
+        global position (step * B + row) only.
       start_step: first batch index (batches before it are skipped without decoding).
-      process_index, process_count: default `jax.process_index()/process_count()`.
+      process_index, process_count: default `jax.process_index()/process_count()`; the
+        host reads rows [p*B/P, (p+1)*B/P) (`host_rows`).
+      rows: explicit rows of the global batch this host reads, in order (e.g.
+        `kdsr_jax.train.sharding.host_batch_rows`); overrides process_index/count.
+
+    Raises:
+      ValueError: unknown augment / crop / small_images, patch_size <= 0, start_step < 0,
+        a batch not divisible by the process count, rows outside [0, B), no usable image.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; expected one of {AUGMENTS}")
@@ -269,24 +324,26 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
         raise ValueError(f"patch_size must be positive, got {patch_size}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    local_batch = _local_batch(batch_size, process_count)
+    if rows is None:
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+        rows = host_rows(batch_size, process_index, process_count)
+    rows = [int(r) for r in rows]
+    if batch_size <= 0 or not rows or any(not 0 <= r < batch_size for r in rows):
+        raise ValueError(f"rows {rows} are not a non-empty subset of the {batch_size} rows "
+                         "of the global batch")
 
     skip_small = crop == "random" and small == "skip"
     source = sources.make_source(data_cfg, min_size=patch_size if skip_small else None)
-    if len(source) < process_count:
-        raise ValueError(f"{source.describe()} has {len(source)} images, fewer than the "
-                         f"{process_count} hosts it is sharded over")
-    shuffle_seed, map_seed = (int(s) for s in
-                              np.random.SeedSequence([seed, process_index]).generate_state(2))
+    shuffle_seed, sample_seed = (int(s) for s in
+                                 np.random.SeedSequence([seed]).generate_state(2))
 
-    shard = np.arange(len(source))[process_index::process_count]
-    ds = grain.MapDataset.source(EpochShuffle(shard, shuffle_seed))
-    ds = ds.random_map(_MakePatch(source, patch_size, augment, crop, small), seed=map_seed)
-    # Batching before the workers: one work item = one batch, so threads and worker
+    order = EpochShuffle(np.arange(len(source)), shuffle_seed)
+    make_patch = _MakePatch(source, patch_size, augment, crop, small)
+    # One work item = this host's rows of one step's batch, so threads and worker
     # processes (which round-robin over work items) give the same batches.
-    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = grain.MapDataset.source(_Steps()).map(
+        _HostRowsOfBatch(order, make_patch, batch_size, rows, sample_seed))
 
     threads = max(int(data_cfg.get("worker_threads", 2)), 0)
     prefetch = max(int(data_cfg.get("prefetch_batches", 2)), 0)
@@ -302,9 +359,7 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
         return it_ds
 
     fingerprint = {"source": data_cfg.get("source", "bundled"), "num_images": len(source),
-                   "seed": int(seed),
-                   "batch_size": int(batch_size), "local_batch": local_batch,
+                   "seed": int(seed), "batch_size": int(batch_size),
                    "patch_size": int(patch_size), "augment": augment, "crop": crop,
-                   "small_images": small, "process_index": int(process_index),
-                   "process_count": int(process_count)}
-    return TrainIterator(build, source, fingerprint, start_step)
+                   "small_images": small}
+    return TrainIterator(build, source, fingerprint, rows, start_step)

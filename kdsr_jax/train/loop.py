@@ -7,18 +7,32 @@ Workdir layout:
   model.json          ModelSpec of the trained SR model (for `kdsr_jax.checkpoints.load`)
   config.json         the full config of the run
   checkpoints/<step>/ orbax: train state (params, Adam, EMA, discriminator, pool, rng,
-                      step) + the host data-iterator state
+                      step) + the data position (step and what defines the batches)
   tb/                 TensorBoard events (losses, lr, steps/s, eval PSNR/SSIM, images)
   .lock               held while a run trains (kdsr_jax.train.workdir)
   checkpoints_damaged/  damaged steps moved aside on resume (kdsr_jax.orbax_steps)
 
 Checkpoints are written every `checkpoint_every_steps`, at the end, and when SIGTERM
-or SIGINT arrives (the current step finishes, the state is saved, the run exits
-cleanly). Running the same command again on the same workdir resumes exactly: the
-state, RNG and data position are restored. A non-finite loss, or non-finite updated
-parameters (checked before every save), stop the run with `NonFiniteLossError` before
-anything is saved, so every checkpoint holds finite weights. Before anything is written
-the config is validated and the workdir checked and locked (kdsr_jax.train.workdir).
+or SIGINT arrives. Running the same command again on the same workdir resumes exactly:
+the state and RNG are restored and the data continue from the saved step (every batch
+is determined by its step, so the process count, worker threads and worker processes
+may differ between the runs). A non-finite loss, or non-finite updated parameters
+(checked before every save), stop the run with `NonFiniteLossError` before anything is
+saved, so every checkpoint holds finite weights. Before anything is written the config
+is validated and the workdir checked and locked (kdsr_jax.train.workdir).
+
+Several processes (`sharding.maybe_initialize_distributed`): every process runs this
+same loop on its rows of the global batch. Stopping is agreed inside the step: each
+process votes with its signal flag and the step all-reduces the votes
+(`sharding.jit_step`), so a SIGTERM reaching one process, or the processes at
+different steps, stops all of them after the same step; they all save it and return.
+A non-finite loss is the same value on every process, so every process stops at the
+same step with `NonFiniteLossError`, before anything is saved (the last good
+checkpoint stays). A peer that dies makes the next collective fail on the others:
+they stop with `PeerLostError` (one line naming the last good checkpoint); a peer
+that hangs is declared dead by the JAX coordination service after its heartbeat
+timeout (`scripts/train.py --heartbeat_timeout_s`, default 100 s), which ends the
+others.
 """
 
 from __future__ import annotations
@@ -54,6 +68,22 @@ CONFIG_JSON = "config.json"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; training stopped without saving."""
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run died or became unreachable (one line)."""
+
+
+class StepMemoryError(ValueError):
+    """The training step does not fit in device memory (one line with the remedies)."""
+
+
+# Substrings of runtime errors raised when a peer process is gone (gloo on CPU, NCCL
+# on GPU, the JAX coordination service / orbax barriers everywhere).
+_PEER_LOST_MARKERS = ("Gloo", "Connection closed by peer", "Connection reset by peer",
+                      "NCCL", "heartbeat", "coordination service", "UNAVAILABLE",
+                      "DEADLINE_EXCEEDED", "Barrier", "barrier")
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
 
 def model_spec(config) -> ModelSpec:
@@ -255,24 +285,19 @@ def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, pro
     mesh = sharding.make_mesh(num_devices)
     sharding.check_batch_size(config.batch_size, mesh)
     step_fn, fresh, frozen = build(config, spec, jax.random.PRNGKey(config.seed))
-    train_step = sharding.jit_step(step_fn, mesh)
-    state = sharding.replicate(fresh, mesh)
+    train_step = sharding.jit_step(step_fn, mesh, fresh, stop_votes=True)
+    state = sharding.place_state(fresh, mesh)
     frozen = sharding.replicate(frozen, mesh)
 
     mgr = _checkpoint_manager(workdir, config.keep_checkpoints)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    start, restored = _restore_newest(mgr, workdir, abstract)
-    data_state = None
-    if restored is not None:
-        state, data_state = restored.state, restored.data
-        logger.info("resumed from %s at step %d", workdir, start)
+    state, data_state = _restore(mgr, state, workdir)
     start = int(jax.device_get(state.step))
 
     data_it = pipeline.create_train_iterator(
         config.data, batch_size=config.batch_size, patch_size=config.patch_size,
-        augment=config.augment, seed=config.seed, start_step=start)
-    if data_state and jax.process_count() == 1:
-        data_it.set_state(data_state)
+        augment=config.augment, seed=config.seed, start_step=start,
+        rows=sharding.host_batch_rows(config.batch_size, mesh))
+    _check_data_state(data_it, data_state, start)
 
     def save(step: int, st) -> None:
         _check_state_finite(step, st, last_saved)
@@ -296,14 +321,18 @@ def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, pro
         with _StopFlag() as stop:
             while step < end:
                 batch = sharding.global_batch(next(data_it), mesh)
-                state, metrics = train_step(state, batch, frozen)
+                votes = sharding.stop_votes(stop.signum is not None, mesh)
+                state, metrics = train_step(state, batch, frozen, votes)
+                stop_agreed = False
                 if pending is not None:
                     _check_finite(*pending, last_saved)
+                    stop_agreed = _stop_agreed(pending[1])
                 step += 1
                 pending = (step, metrics)
                 bar.update(1)
                 if step % config.log_every_steps == 0 or step == end:
-                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()
+                            if k != "stop"}
                     _check_finite(step, host, last_saved)
                     now = time.time()
                     host["steps_per_s"] = (step - n_last) / max(now - t_last, 1e-9)
@@ -313,21 +342,85 @@ def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, pro
                 if pairs and (step % config.eval_every_steps == 0 or step == total):
                     _evaluate(writer, step, state, predict, pairs, spec.scale, config)
                 if (step % config.checkpoint_every_steps == 0 or step == end
-                        or stop.signum is not None):
+                        or stop_agreed):
                     _check_finite(*pending, last_saved)
                     save(step, state)
                     last_saved = step
-                if stop.signum is not None:
-                    logger.warning("signal %d: saved step %d, exiting", stop.signum, step)
+                if stop_agreed:
+                    logger.warning("%s: saved step %d, exiting", _stop_reason(stop.signum),
+                                   step)
                     break
             if pending is not None:
                 _check_finite(*pending, last_saved)
+    except (RuntimeError, ValueError) as e:
+        _raise_runtime_error(e, step, last_saved)
+        raise
     finally:
         bar.close()
         if writer is not None:
             writer.close()
+        data_it.close()
         mgr.close()
     return state
+
+
+def _restore(mgr: ocp.CheckpointManager, state, workdir: str):
+    """(state, data state or None) from the newest readable checkpoint, laid out like
+    `state` (whatever the process / device count that wrote it), or (state, None)
+    without one."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    start, restored = _restore_newest(mgr, workdir, abstract)
+    if restored is None:
+        return state, None
+    logger.info("resumed from %s at step %d", workdir, start)
+    return restored.state, restored.data
+
+
+def _check_data_state(data_it, data_state, step: int) -> None:
+    """The saved data position must be this step of a pipeline making the same batches
+    (loader settings and process count may differ). An older format is only logged:
+    the batches are determined by the step."""
+    if not data_state:
+        return
+    if data_state.get("version") != data_it.get_state()["version"]:
+        logger.warning("checkpoint holds a data-iterator state of an older format; the "
+                       "batches continue from step %d", step)
+        return
+    saved_step = data_it.check_state(data_state)   # ValueError for another pipeline
+    if saved_step != step:
+        raise ValueError(f"checkpoint's data position (step {saved_step}) does not match "
+                         f"its train state (step {step})")
+
+
+def _stop_agreed(metrics) -> bool:
+    """Whether any process asked to stop in the step of `metrics` (the same on all)."""
+    return bool(jax.device_get(metrics["stop"]))
+
+
+def _stop_reason(signum) -> str:
+    if signum is None:
+        return "another process received a stop signal"
+    return f"signal {signal.Signals(signum).name}"
+
+
+def _raise_runtime_error(e: Exception, step: int, last_saved: int | None) -> None:
+    """Re-raises a device/runtime error as a one-line error when it is a lost peer or
+    an out-of-memory step; returns for anything else (the caller re-raises it)."""
+    if isinstance(e, (NonFiniteLossError, PeerLostError, StepMemoryError)):
+        return
+    text = str(e)
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+    last = "none" if last_saved is None else f"step {last_saved}"
+    if any(m in text for m in _OOM_MARKERS):
+        raise StepMemoryError(
+            f"the training step does not fit in device memory ({first}); use more "
+            "devices (the global batch is split over them), --config.remat=True, or a "
+            "smaller --config.batch_size") from None
+    if jax.process_count() > 1 and any(m in text for m in _PEER_LOST_MARKERS):
+        raise PeerLostError(
+            f"process {jax.process_index()} lost contact with another process of the run "
+            f"near step {step} ({first}); last good checkpoint: {last}; restart all "
+            "processes to resume") from None
 
 
 def _evaluate(writer, step, state, predict, pairs, scale, config) -> dict:
