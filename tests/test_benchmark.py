@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kdsr_jax import inference
 from kdsr_jax.models import build_model, init_variables
 from kdsr_jax.models.spec import preset
 
@@ -82,7 +83,7 @@ def test_forward_section_runs_super_resolve_and_optionally_the_plain_apply():
                              iters=1)
     rows, comparisons = runner.bench_forward(cfg, jax.random.key(0))
     assert [r["jax_path"] for r in rows] == ["super_resolve", "apply"] and not comparisons
-    want = "packed" if jax.default_backend() == "cpu" else "plain"
+    want = "packed" if inference.packing_pays() else "plain"
     assert rows[0]["note"] == f"super_resolve ({want})"
     assert rows[1]["note"].startswith("model.apply (plain); max|apply float32 - jax")
     assert rows[1]["max_abs_diff"] <= 2e-6

@@ -13,7 +13,8 @@ from kdsr_jax.models import build_model, init_variables
 from kdsr_jax.models.kdsr import Generator
 from kdsr_jax.models.spec import preset
 
-on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU-only path")
+on_cpu = pytest.mark.skipif(not inference.packing_pays(),
+                            reason="CPU-only path, needs 2 CPUs to be taken")
 SHAPES = [(1, 64, 64), (2, 37, 23), (3, 9, 50), (1, 5, 7), (1, 1, 5), (2, 2, 1)]
 
 
@@ -133,7 +134,7 @@ def test_generate_on_a_masked_canvas_equals_g_on_each_image_alone(canvas_w):
     fn = jax.jit(inference.generate, static_argnums=0)
     got = np.asarray(fn(model, variables, jnp.asarray(canvas), idr, jnp.asarray(sizes)))
     want_how = "packed" if canvas_w < cpu_conv.NARROW_WIDTH else "packed-convs"
-    if jax.default_backend() == "cpu":
+    if inference.packing_pays():
         assert inference.formulation(model, canvas) == want_how
     for i, (h, w) in enumerate(sizes):
         alone = model.apply(variables, jnp.asarray(images[i][None]), idr[i:i + 1],
@@ -141,6 +142,18 @@ def test_generate_on_a_masked_canvas_equals_g_on_each_image_alone(canvas_w):
         np.testing.assert_allclose(got[i, :2 * h, :2 * w], np.asarray(alone)[0],
                                    rtol=0, atol=2e-6)
         assert not got[i, 2 * h:].any() and not got[i, :, 2 * w:].any()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_a_single_cpu_process_takes_the_plain_path(monkeypatch):
+    """With one CPU XLA runs one thread: packing only adds copies, so plain apply."""
+    model = build_model(preset("tiny", scale=2))
+    lr = jnp.zeros((1, 10, 12, 3), jnp.float32)
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert not inference.packing_pays()
+    assert inference.formulation(model, lr) == "plain"
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert inference.formulation(model, lr) == "packed"
 
 
 def test_super_resolve_rejects_wrong_models_and_inputs_in_one_line():

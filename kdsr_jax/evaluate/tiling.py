@@ -155,7 +155,7 @@ def _masked(state: _MaskState):
     (`inference.strip_packed_convs`, a no-op elsewhere) outside the masking interceptor,
     so that the masks see each conv call exactly once."""
     with contextlib.ExitStack() as stack:
-        if jax.default_backend() == "cpu":
+        if inference.packing_pays():
             stack.enter_context(inference.strip_packed_convs())
         stack.enter_context(nn.intercept_methods(state.interceptor))
         yield

@@ -11,7 +11,7 @@ state:
   conv. The output is the plain forward's (`tests/test_packed.py`).
 * CPU otherwise (wide images, bfloat16 models): the modules, with strip-packed
   convolutions wherever a conv is narrow enough for it to pay.
-* GPU/TPU: `model.apply` unchanged.
+* GPU/TPU, or a CPU process limited to one CPU: `model.apply` unchanged.
 
 Why: XLA's CPU convolution splits its work across threads only along a wide image
 width, so a 64-pixel-wide LR image runs on one core; packing strips side by side gives
@@ -26,6 +26,7 @@ it: train steps differentiate `model.apply`.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import flax.linen as nn
 import jax
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 
 from kdsr_jax.inference import cpu_conv, packed
 
-__all__ = ["super_resolve", "generate", "formulation", "strip_packed_convs"]
+__all__ = ["super_resolve", "generate", "formulation", "packing_pays", "strip_packed_convs"]
 
 
 @contextlib.contextmanager
@@ -61,12 +62,25 @@ def strip_packed_convs():
         yield
 
 
+def packing_pays() -> bool:
+    """Whether strip packing can speed anything up here: the default backend is the CPU
+    and this process may run on at least two CPUs (XLA sizes its CPU thread pool from
+    the affinity mask; with one thread the packing copies are pure overhead)."""
+    if jax.default_backend() != "cpu":
+        return False
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:      # macOS / Windows
+        n = os.cpu_count() or 1
+    return n >= 2
+
+
 def formulation(model, lr) -> str:
     """Which formulation `super_resolve` uses for `model` on an LR batch shaped like
     `lr` on the current default backend: 'packed' (G on the strip-packed layout, KD-IDE
     with strip-packed convs), 'packed-convs' (the modules with strip-packed convs) or
-    'plain' (`model.apply`)."""
-    if jax.default_backend() != "cpu":
+    'plain' (`model.apply`: GPU/TPU, or a CPU process limited to one CPU)."""
+    if not packing_pays():
         return "plain"
     if packed.applies(lr) and jnp.dtype(model.dtype) == jnp.float32:
         return "packed"
