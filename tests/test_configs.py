@@ -165,6 +165,7 @@ def test_contradicting_scales_are_refused_before_compiling_naming_both_fields():
     (lambda c: setattr(c.degradation, "gt_size", 250), r"gt_size=250.*model.scale"),
     (lambda c: setattr(c, "batch_size", 70), r"batch_size=70.*group_size=9"),
     (lambda c: setattr(c.degradation, "queue_size", 100), r"queue_size=100.*group_size=9"),
+    (lambda c: setattr(c.model, "scale", 8), r"eval.protocol='iso'.*model.scale=8"),
 ])
 def test_field_pairs_that_contradict_are_named(edit, match):
     c = load("gan_teacher") if "size" in match and "patch" not in match else load("teacher")

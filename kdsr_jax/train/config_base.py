@@ -285,6 +285,11 @@ def _validate_eval(c) -> None:
         for name in ("lr_folder", "gt_folder"):
             _check_unused_default(e, name, "eval", "",
                                   f"with eval.protocol={e.protocol!r} (use 'paired')")
+    scale = c.model.scale
+    if e.protocol == "iso" and c.eval_every_steps and scale not in (2, 3, 4):
+        _fail(f"eval.protocol='iso' has Gaussian8 sigmas for x2, x3 and x4, not "
+              f"model.scale={scale}: use eval.protocol='aniso' or 'paired', or "
+              "eval_every_steps=0")
     ref = validation_config()
     if e.protocol != "aniso":
         for name in ("lambda_1", "lambda_2", "theta", "noise"):
