@@ -7,6 +7,7 @@ so any patch tells which image it came from, where, and which flip/transpose it 
 import io
 import json
 import logging
+import pickle
 import sys
 import types
 
@@ -126,6 +127,21 @@ def test_folder_source_skips_each_bad_file_with_one_warning_and_counts_it(tmp_pa
     np.testing.assert_array_equal(outputs[2], good)
     np.testing.assert_array_equal(outputs[3], outputs[4])  # the cut JPEG -> next good item
     assert (outputs[4] == 8).all()  # 16-bit 2039 -> round(2039/257) = 8 (high byte: 7)
+
+
+def test_decoded_image_cache_keeps_the_most_recently_used_within_its_byte_budget():
+    cache = sources._LRUCache(300)
+    arrays = [np.full(100, i, np.uint8) for i in range(4)]
+    for i in range(3):
+        cache.put(i, arrays[i])
+    assert cache.get(0) is arrays[0]  # 0 becomes the most recently used
+    cache.put(3, arrays[3])           # over budget: evicts 1, the least recently used
+    assert cache.get(1) is None
+    assert all(cache.get(i) is arrays[i] for i in (0, 2, 3))
+    cache.put(9, np.zeros(301, np.uint8))  # larger than the budget: not cached, no error
+    assert cache.get(9) is None and cache.get(0) is arrays[0]
+    copy = pickle.loads(pickle.dumps(cache))  # worker processes start empty
+    assert copy.max_bytes == 300 and copy.get(0) is None
 
 
 def test_folder_source_without_usable_images_is_a_clear_error(tmp_path):
