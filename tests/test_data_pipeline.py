@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdsr_jax.data import images, pipeline, sources
+from kdsr_jax.data import images, input_wait, pipeline, sources
 
 P = 16  # patch size used throughout
 SIZES = [(40, 50), (24, 60), (33, 33), (64, 20), (50, 45), (30, 31)]
@@ -435,3 +435,40 @@ def test_worker_processes_give_the_same_batches_as_threads(coord_folder):
         procs.close()
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- input wait
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _slow_batches(clock, wait_s):
+    while True:
+        clock.now += wait_s  # the host waits this long for each batch
+        yield {"hr": None}
+
+
+@pytest.mark.parametrize("wait_s, step_s, warns", [(0.09, 0.01, True), (0.02, 0.08, False)])
+def test_input_wait_meter_reports_the_wait_and_warns_once_when_input_bound(caplog, wait_s,
+                                                                            step_s, warns):
+    clock = _FakeClock()
+    meter = input_wait.InputWaitMeter(_slow_batches(clock, wait_s), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kdsr_jax.data.input_wait"):
+        for _ in range(3):  # three logging intervals of 4 steps
+            for _ in range(4):
+                next(meter)
+                clock.now += step_s  # dispatch + waiting for the device
+            scalars = meter.scalars()
+            assert scalars["perf/input_wait_s"] == pytest.approx(wait_s)
+            assert scalars["perf/input_wait_fraction"] == pytest.approx(wait_s / (wait_s + step_s))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == (1 if warns else 0)
+    if warns:
+        assert "input pipeline is the bottleneck" in warnings[0]
+        assert "scripts/prepare_data.py" in warnings[0]
+    assert meter.scalars() == {}  # no step since the last call

@@ -5,6 +5,7 @@ header-bad file, a JPEG cut inside its pixel data, images smaller than the patch
 prepared source must give the folder source's batches exactly, for both crop modes.
 """
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from kdsr_jax.data import images, pipeline, prepared, sources
+from kdsr_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,3 +187,23 @@ def test_prepare_data_script_runs_in_parallel_and_reports(mixed_folder, tmp_path
                          text=True, env=env, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("error: --input")
+
+
+def test_training_loop_reads_prepared_data_and_logs_the_input_wait(mixed_folder, tmp_path,
+                                                                   monkeypatch):
+    out = tmp_path / "prepared"
+    prepared.prepare(mixed_folder, out, workers=1, progress=False)
+    spec = importlib.util.spec_from_file_location("teacher", os.path.join(REPO, "configs",
+                                                                          "teacher.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("demo")
+    c.model.update(dict(n_feats=8, n_blocks=1, n_resblocks=1))
+    c.update(dict(batch_size=2, patch_size=32, total_steps=2, checkpoint_every_steps=2,
+                  eval_every_steps=0, log_every_steps=1))
+    c.data.update(dict(source="prepared", path=str(out), worker_threads=0))
+    logged = {}
+    monkeypatch.setattr(loop, "_log_scalars", lambda writer, step, scalars: logged.update(scalars))
+    state = loop.train_and_evaluate(c, str(tmp_path / "run"), num_devices=1, progress=False)
+    assert int(state.step) == 2
+    assert logged["perf/input_wait_s"] >= 0 and 0 <= logged["perf/input_wait_fraction"] <= 1

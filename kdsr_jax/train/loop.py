@@ -8,7 +8,8 @@ Workdir layout:
   config.json         the full config of the run
   checkpoints/<step>/ orbax: train state (params, Adam, EMA, discriminator, pool, rng,
                       step) + the host data-iterator state
-  tb/                 TensorBoard events (losses, lr, steps/s, eval PSNR/SSIM, images)
+  tb/                 TensorBoard events (losses, lr, steps/s, perf/input_wait_s and
+                      perf/input_wait_fraction, eval PSNR/SSIM, images)
 
 Checkpoints are written every `checkpoint_every_steps`, at the end, and when SIGTERM
 or SIGINT arrives (the current step finishes, the state is saved, the run exits
@@ -32,6 +33,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from kdsr_jax import models
+from kdsr_jax.data import input_wait
 from kdsr_jax.models.spec import ModelSpec
 from kdsr_jax.train import evaluation, sharding, state as state_lib, steps
 
@@ -251,12 +253,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last_saved = start if mgr.latest_step() is not None else None
     bar = _progress_bar(start, total, progress)
     t_last, n_last = time.time(), start
+    feed = input_wait.InputWaitMeter(data_it)  # perf/input_wait_* scalars, bottleneck warning
     pending = None            # (step, metrics) checked one step late: keeps the device busy
     step = start
     try:
         with _StopFlag() as stop:
             while step < end:
-                batch = sharding.global_batch(next(data_it), mesh)
+                batch = sharding.global_batch(next(feed), mesh)
                 state, metrics = train_step(state, batch, frozen)
                 if pending is not None:
                     _check_finite(*pending, last_saved)
@@ -271,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     t_last, n_last = now, step
                     bar.set_postfix(loss=f"{host['loss']:.4f}", lr=f"{host['lr']:.2e}")
                     _log_scalars(writer, step, {f"train/{k}": v for k, v in host.items()})
+                    _log_scalars(writer, step, feed.scalars())
                 if pairs and (step % config.eval_every_steps == 0 or step == total):
                     _evaluate(writer, step, state, predict, pairs, spec.scale, config)
                 if (step % config.checkpoint_every_steps == 0 or step == end
