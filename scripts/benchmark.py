@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-SECTIONS = ("forward", "train", "pipelines")
+SECTIONS = ("forward", "train", "pipelines", "data")
 
 
 def _csv(s: str) -> tuple[str, ...]:
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--sections", type=_csv, default=SECTIONS,
-                   help="comma list of forward,train,pipelines (default: all)")
+                   help="comma list of forward,train,pipelines,data (default: all)")
     p.add_argument("--models", type=_csv, default=("KDSRs-M", "KDSRs-L", "KDSR-GAN"),
                    help="student presets for the forward section (default: "
                         "KDSRs-M,KDSRs-L,KDSR-GAN; 'tiny' for a quick check)")
@@ -89,6 +89,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="student preset whose step the Real-ESRGAN pipeline is compared to")
     p.add_argument("--no-step-ratio", action="store_true",
                    help="skip the model steps the pipelines are compared to")
+    p.add_argument("--data-images", type=int, default=16,
+                   help="data section: DIV2K-sized PNGs to generate (default 16)")
+    p.add_argument("--data-prepared-images", type=int, default=0,
+                   help="data section: also time a prepared set of this many images "
+                        "(the generated ones repeated; default: off)")
+    p.add_argument("--data-dir", default="",
+                   help="data section: keep the generated data here for re-runs "
+                        "(default: a temporary folder)")
+    p.add_argument("--data-workers", type=_csv, default=("1t", "2t", "2p"),
+                   help="data section: input workers, N threads 'Nt' / processes 'Np' "
+                        "(default 1t,2t,2p)")
+    p.add_argument("--data-batches", type=int, default=4,
+                   help="data section: timed batches per row (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", default=None, help="also write the full report as JSON here")
     return p.parse_args(argv)
@@ -103,6 +116,16 @@ def main(argv=None) -> int:
         threads_note = timing.limit_cpu_threads(args.threads)
         from kdsr_jax.bench import runner
 
+        report = {}
+        if "data" in args.sections:  # self-contained section (kdsr_jax/bench/data.py)
+            from kdsr_jax.bench import data as data_bench
+
+            report["data"] = data_bench.run(data_bench.DataBenchConfig(
+                num_images=args.data_images, prepared_images=args.data_prepared_images,
+                workdir=args.data_dir, workers=args.data_workers, batches=args.data_batches,
+                seed=args.seed), log=lambda m: print(m, file=sys.stderr, flush=True))
+            print(data_bench.format_table(report["data"]))
+            args.sections = tuple(s for s in args.sections if s != "data")
         cfg = runner.BenchConfig(
             sections=args.sections, models=args.models, lr_size=args.lr_size,
             batch=args.batch, scale=args.scale, dtypes=args.dtypes, dynconv=args.dynconv,
@@ -113,8 +136,9 @@ def main(argv=None) -> int:
             classic_hr_size=args.classic_hr_size, realesrgan_gt_size=args.realesrgan_gt_size,
             pipeline_teacher=args.pipeline_teacher, pipeline_student=args.pipeline_student,
             step_ratio=not args.no_step_ratio, seed=args.seed, threads_note=threads_note)
-        report = runner.run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
-        print(runner.format_table(report))
+        if args.sections:
+            report.update(runner.run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True)))
+            print(runner.format_table(report))
         if args.json:
             runner.write_json(report, args.json)
             print(f"wrote {args.json}")

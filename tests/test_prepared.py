@@ -207,3 +207,21 @@ def test_training_loop_reads_prepared_data_and_logs_the_input_wait(mixed_folder,
     state = loop.train_and_evaluate(c, str(tmp_path / "run"), num_devices=1, progress=False)
     assert int(state.step) == 2
     assert logged["perf/input_wait_s"] >= 0 and 0 <= logged["perf/input_wait_fraction"] <= 1
+
+
+def test_data_benchmark_times_every_source_on_generated_images(tmp_path):
+    from kdsr_jax.bench import data as data_bench  # pylint: disable=import-outside-toplevel
+
+    cfg = data_bench.DataBenchConfig(num_images=2, image_size=(60, 70), prepared_images=3,
+                                     workdir=str(tmp_path), batch=4, patch=32, gan_patch=64,
+                                     workers=("1t",), batches=1, warmup=1,
+                                     prepare_workers=1)
+    report = data_bench.run(cfg, log=lambda m: None)
+    rows = {(r["source"], r["crop"]) for r in report["results"]}
+    assert rows == {("folder uncached", "random"), ("folder cached", "random"),
+                    ("tfds layout", "random"), ("prepared", "random"),
+                    ("prepared", "pad_or_crop"), ("prepared (3 images)", "random")}
+    assert all(r["patches_per_s"] > 0 for r in report["results"])
+    sizes = report["sizes"]
+    assert sizes["images"] == 2 and sizes["prepared_bytes"] > 2 * 60 * 70 * 3
+    assert "prepared" in data_bench.format_table(report)
