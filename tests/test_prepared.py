@@ -225,3 +225,18 @@ def test_data_benchmark_times_every_source_on_generated_images(tmp_path):
     sizes = report["sizes"]
     assert sizes["images"] == 2 and sizes["prepared_bytes"] > 2 * 60 * 70 * 3
     assert "prepared" in data_bench.format_table(report)
+
+
+def test_a_run_started_on_the_folder_resumes_on_the_prepared_data(mixed_folder, tmp_path):
+    out = tmp_path / "prepared"
+    prepared.prepare(mixed_folder, out, workers=1, progress=False)
+    make = lambda cfg: pipeline.create_train_iterator(cfg, batch_size=3, patch_size=32,
+                                                      augment="dihedral", seed=1)
+    folder_it = make(_cfg(source="folder", folder=str(mixed_folder)))
+    next(folder_it)
+    state = folder_it.get_state()
+    expected = [next(folder_it)["hr"] for _ in range(3)]
+    ready_it = make(_cfg(source="prepared", path=str(out)))
+    ready_it.set_state(state)
+    for a in expected:
+        np.testing.assert_array_equal(a, next(ready_it)["hr"])

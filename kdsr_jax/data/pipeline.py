@@ -301,7 +301,9 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=processes))
         return it_ds
 
-    fingerprint = {"source": data_cfg.get("source", "bundled"), "num_images": len(source),
+    # A prepared folder yields the folder's batches: a run may switch between the two.
+    kind = data_cfg.get("source", "bundled")
+    fingerprint = {"source": "folder" if kind == "prepared" else kind, "num_images": len(source),
                    "seed": int(seed),
                    "batch_size": int(batch_size), "local_batch": local_batch,
                    "patch_size": int(patch_size), "augment": augment, "crop": crop,

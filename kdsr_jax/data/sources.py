@@ -1,4 +1,4 @@
-"""HR image sources: an image folder, a TFDS dataset, or the bundled photos.
+"""HR image sources: an image folder, a prepared folder, a TFDS dataset, or the bundled photos.
 
 Reference: TRAINING.md §1.1 (classic: DF2K HR PNGs, sorted by filename, uint8 RGB,
 grayscale replicated) and §2.1 (GAN: DF2K+OST GT pool read as 3-channel colour).
@@ -17,13 +17,13 @@ A source is a random-access sequence of uint8 (H, W, 3) RGB arrays (`len(src)`,
 Each skipped item is logged with ONE warning and counted in `src.skipped` (name ->
 reason). With worker processes each process keeps its own count.
 
-Memory: decoded images are kept in an LRU cache of `cache_mb` megabytes. The bundled
-photos (~5 MB) and small folders fit entirely. DF2K decodes to roughly 30 GB of uint8,
-so with the default budget most accesses decode the PNG again (measured: ~0.3-0.35 s
-for a 2040x1356 PNG on one core of a heavily shared 2-core machine; less on an idle
-core). At batch 64 that is many core-seconds per step: raise `worker_threads` /
-`worker_processes`, or pre-crop DF2K into sub-images (as the GAN side does, §2.1),
-rather than caching everything in RAM.
+Memory: decoded images are kept in an LRU cache of `cache_mb` megabytes (per process).
+The bundled photos (~5 MB) and small folders fit entirely. DF2K decodes to roughly 30 GB
+of uint8, so with the default budget most accesses decode the PNG again (~70 ms for a
+2040x1356 PNG on an idle core; every random crop pays a whole decode). For such data,
+prepare it once (`scripts/prepare_data.py`, module `prepared`) and train with
+`data.source='prepared'`: `PreparedSource` memory-maps uint8 arrays, caches nothing, and
+gives the folder source's batches.
 """
 
 from __future__ import annotations
