@@ -472,3 +472,14 @@ def test_input_wait_meter_reports_the_wait_and_warns_once_when_input_bound(caplo
         assert "input pipeline is the bottleneck" in warnings[0]
         assert "scripts/prepare_data.py" in warnings[0]
     assert meter.scalars() == {}  # no step since the last call
+
+
+def test_contiguous_pixels_copies_any_dihedral_view_exactly():
+    img = np.random.default_rng(0).integers(0, 256, (9, 7, 3), np.uint8)
+    for key, forward in DIHEDRAL.items():
+        view = forward(img[1:8, 2:7])
+        out = pipeline.contiguous_pixels(view)
+        assert out.flags.c_contiguous and out.dtype == np.uint8, key
+        np.testing.assert_array_equal(out, view)
+    gray = img[..., 0][:, ::-1]  # other layouts fall back to a plain copy
+    np.testing.assert_array_equal(pipeline.contiguous_pixels(gray), gray)
