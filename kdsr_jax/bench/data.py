@@ -18,7 +18,8 @@ official batch (64 HR patches of 256 px with the dihedral augmentation, TRAINING
 
 Each with 1 and 2 worker threads, and 2 worker processes where it applies. The figure is
 the wall time of `batches` batches after `warmup` (throughput with prefetching), as ms
-per batch and patches/s. `prepared_images` > `num_images` additionally times a larger
+per batch and patches/s, and the CPU time per batch of the process and its workers
+(user + system; a figure that other jobs on a shared machine disturb much less). `prepared_images` > `num_images` additionally times a larger
 prepared set made by repeating the decoded images (the page cache must hold it for the
 warm figure).
 """
@@ -35,6 +36,11 @@ from unittest import mock
 
 import numpy as np
 from PIL import Image
+
+try:  # CPU time of grain's worker processes (optional: without it, '-' in the table)
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
 
 from kdsr_jax.data import pipeline, prepared, samples, sources
 
@@ -152,14 +158,29 @@ def _time_iterator(data_cfg, cfg: DataBenchConfig, patch: int, augment: str) -> 
     try:
         for _ in range(cfg.warmup):
             next(it)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         for _ in range(cfg.batches):
             batch = next(it)["hr"]
         seconds = (time.perf_counter() - t0) / cfg.batches
+        c1 = _cpu_seconds()
     finally:
         it.close()
     assert batch.shape == (cfg.batch, patch, patch, 3)
-    return {"ms_per_batch": 1e3 * seconds, "patches_per_s": cfg.batch / seconds}
+    cpu = None if c0 is None or c1 is None else 1e3 * (c1 - c0) / cfg.batches
+    return {"ms_per_batch": 1e3 * seconds, "patches_per_s": cfg.batch / seconds,
+            "cpu_ms_per_batch": cpu}
+
+
+def _cpu_seconds() -> float | None:
+    """CPU seconds (user + system) of this process's threads and its live children."""
+    if psutil is None:
+        return None
+    procs = [psutil.Process()]
+    try:
+        procs += procs[0].children(recursive=True)
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+    except psutil.Error:
+        return None
 
 
 def _pipeline_cfg(workers: str, **fields):
@@ -249,9 +270,11 @@ def _run(cfg: DataBenchConfig, work: str, log) -> dict[str, Any]:
 
 def format_table(report: dict[str, Any]) -> str:
     """Text table: one row per (source, crop, workers)."""
-    head = ("source", "crop", "batch x px", "workers", "ms/batch", "patches/s")
+    head = ("source", "crop", "batch x px", "workers", "ms/batch", "patches/s", "CPU ms/batch")
     rows = [(r["source"], r["crop"], f"{r['batch']} x {r['patch']}", r["workers"],
-             f"{r['ms_per_batch']:.1f}", f"{r['patches_per_s']:.0f}") for r in report["results"]]
+             f"{r['ms_per_batch']:.1f}", f"{r['patches_per_s']:.0f}",
+             "-" if r.get("cpu_ms_per_batch") is None else f"{r['cpu_ms_per_batch']:.1f}")
+            for r in report["results"]]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     out = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
            for row in [head, tuple("-" * w for w in widths), *rows]]
@@ -263,5 +286,6 @@ def format_table(report: dict[str, Any]) -> str:
                   if s["prepare_s"] is not None else ""))
     out.append("Workers: Nt = N threads, Np = N processes (grain). Goal: 64 x 256 px in "
                f"<= {GOAL_MS:.0f} ms on 2 cores (prepared, page cache warm). 1-min load "
-               f"average at the end: {report['load_avg_1min']:.2f} on {os.cpu_count()} CPUs.")
+               f"average at the end: {report['load_avg_1min']:.2f} on {os.cpu_count()} CPUs "
+               "(above the CPU count, wall times are inflated by other jobs).")
     return "\n".join(out)

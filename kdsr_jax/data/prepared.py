@@ -40,6 +40,7 @@ opened by any tool.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,6 +52,7 @@ import pathlib
 import secrets
 import shutil
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -300,6 +302,19 @@ def _ignore_sigint() -> None:  # workers: the parent handles Ctrl-C and stops th
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _check_output(root: str, input_dir: str) -> None:
     if os.path.abspath(root) == os.path.abspath(input_dir):
         raise ValueError(f"--output {root} must differ from --input")
@@ -417,7 +432,10 @@ def _run_tasks(tasks, workers: int | None, progress: bool) -> list[dict[str, Any
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
                                                     initializer=_ignore_sigint) as pool:
-            futures = {pool.submit(_prepare_one, task): i for i, task in enumerate(tasks)}
+            # Workers start while the tasks are submitted; they inherit an ignored SIGINT
+            # (Ctrl-C reaches the whole process group: only this process handles it).
+            with _sigint_ignored():
+                futures = {pool.submit(_prepare_one, task): i for i, task in enumerate(tasks)}
             try:
                 for fut in concurrent.futures.as_completed(futures):
                     results[futures[fut]] = fut.result()
