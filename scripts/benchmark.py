@@ -17,7 +17,8 @@ starts (XLA sizes its CPU thread pool from the affinity mask) and calls
 machine shared with other jobs (load average above the CPU count, printed at the end),
 torch's multi-threaded CPU kernels degrade much more than XLA's (their worker threads
 wait for each other at every op), so compare at `--threads 1` there as well.
-See `kdsr_jax/bench/runner.py` for what each section measures.
+See `kdsr_jax/bench/runner.py` for what each section measures (`data`: the input
+pipeline, `kdsr_jax/bench/data.py`; e.g. `--sections data --threads 2`).
 """
 
 from __future__ import annotations

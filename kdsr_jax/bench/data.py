@@ -27,9 +27,11 @@ warm figure).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 from unittest import mock
@@ -153,6 +155,7 @@ def _write_array_record(path: str, files: list[str]) -> None:
 
 
 def _time_iterator(data_cfg, cfg: DataBenchConfig, patch: int, augment: str) -> dict[str, Any]:
+    threads_before = threading.active_count()
     it = pipeline.create_train_iterator(data_cfg, batch_size=cfg.batch, patch_size=patch,
                                         augment=augment, seed=cfg.seed)
     try:
@@ -165,10 +168,21 @@ def _time_iterator(data_cfg, cfg: DataBenchConfig, patch: int, augment: str) -> 
         c1 = _cpu_seconds()
     finally:
         it.close()
+        del it
+        _wait_for_threads(threads_before)
     assert batch.shape == (cfg.batch, patch, patch, 3)
     cpu = None if c0 is None or c1 is None else 1e3 * (c1 - c0) / cfg.batches
     return {"ms_per_batch": 1e3 * seconds, "patches_per_s": cfg.batch / seconds,
             "cpu_ms_per_batch": cpu}
+
+
+def _wait_for_threads(count: int, timeout_s: float = 300.0) -> None:
+    """Waits until the prefetch threads of a closed iterator are gone: a thread still
+    decoding its last batch would otherwise slow (and bill its CPU to) the next row."""
+    gc.collect()
+    deadline = time.monotonic() + timeout_s
+    while threading.active_count() > count and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _cpu_seconds() -> float | None:
