@@ -24,7 +24,8 @@ starts (XLA sizes its CPU thread pool from the affinity mask) and calls
 machine shared with other jobs (load average above the CPU count, printed at the end),
 torch's multi-threaded CPU kernels degrade much more than XLA's (their worker threads
 wait for each other at every op), so compare at `--threads 1` there as well.
-See `benchmarks/runner.py` for what each section measures and `benchmarks/README.md`
+See `benchmarks/runner.py` for what each section measures (`data`, the input pipeline:
+`benchmarks/data.py`, e.g. `--sections data --threads 2`) and `benchmarks/README.md`
 for measured numbers.
 """
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import timing  # noqa: E402  (imports jax, starts no backend)
 from kdsr_jax import fileio  # noqa: E402
 
-SECTIONS = ("forward", "train", "pipelines", "memory")
+SECTIONS = ("forward", "train", "pipelines", "memory", "data")
 DEFAULT_SECTIONS = ("forward", "train", "pipelines")
 
 
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--sections", type=_csv, default=DEFAULT_SECTIONS,
-                   help="comma list of forward,train,pipelines,memory (default: "
+                   help="comma list of forward,train,pipelines,memory,data (default: "
                         "forward,train,pipelines)")
     p.add_argument("--models", type=_csv, default=("KDSRs-M", "KDSRs-L", "KDSR-GAN"),
                    help="student presets for the forward section (default: "
@@ -122,6 +123,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time the official-size model steps the pipelines feed (KDSRs-M "
                         "teacher, KDSR-GAN student with KD, at --pipeline-batch); on a CPU "
                         "this needs about 20 GB of memory and over 15 minutes")
+    p.add_argument("--data-images", type=int, default=16,
+                   help="data section: DIV2K-sized PNGs to generate (default 16)")
+    p.add_argument("--data-prepared-images", type=int, default=0,
+                   help="data section: also time a prepared set of this many images "
+                        "(the generated ones repeated; default: off)")
+    p.add_argument("--data-dir", default="",
+                   help="data section: keep the generated data here for re-runs "
+                        "(default: a temporary folder)")
+    p.add_argument("--data-workers", type=_csv, default=("1t", "2t", "2p"),
+                   help="data section: input workers, N threads 'Nt' / processes 'Np' "
+                        "(default 1t,2t,2p)")
+    p.add_argument("--data-batches", type=int, default=4,
+                   help="data section: timed batches per row (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", default=None, help="also write the full report as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -138,6 +152,16 @@ def main(argv=None) -> int:
         # Imported after the thread limit: importing the models may compute constants.
         from benchmarks import runner
 
+        report = {}
+        if "data" in args.sections:  # self-contained section (benchmarks/data.py)
+            from benchmarks import data as data_bench
+
+            report["data"] = data_bench.run(data_bench.DataBenchConfig(
+                num_images=args.data_images, prepared_images=args.data_prepared_images,
+                workdir=args.data_dir, workers=args.data_workers, batches=args.data_batches,
+                seed=args.seed), log=lambda m: print(m, file=sys.stderr, flush=True))
+            print(data_bench.format_table(report["data"]))
+            args.sections = tuple(s for s in args.sections if s != "data")
         cfg = runner.BenchConfig(
             sections=args.sections, models=args.models, lr_size=args.lr_size,
             batch=args.batch, scale=args.scale, dtypes=args.dtypes, jax_paths=args.jax_paths,
@@ -151,8 +175,9 @@ def main(argv=None) -> int:
             classic_hr_size=args.classic_hr_size, realesrgan_gt_size=args.realesrgan_gt_size,
             pipeline_teacher=args.pipeline_teacher, pipeline_student=args.pipeline_student,
             step_ratio=args.step_ratio, seed=args.seed, threads_note=threads_note)
-        report = runner.run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
-        print(runner.format_table(report))
+        if args.sections:
+            report.update(runner.run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True)))
+            print(runner.format_table(report))
         if args.json:
             runner.write_json(report, args.json)
             print(f"wrote {args.json}")

@@ -7,6 +7,7 @@ so any patch tells which image it came from, where, and which flip/transpose it 
 import io
 import json
 import logging
+import pickle
 import sys
 import types
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdsr_jax.data import images, pipeline, sources
+from kdsr_jax.data import images, input_wait, pipeline, sources
 
 P = 16  # patch size used throughout
 SIZES = [(40, 50), (24, 60), (33, 33), (64, 20), (50, 45), (30, 31)]
@@ -126,6 +127,21 @@ def test_folder_source_skips_each_bad_file_with_one_warning_and_counts_it(tmp_pa
     np.testing.assert_array_equal(outputs[2], good)
     np.testing.assert_array_equal(outputs[3], outputs[4])  # the cut JPEG -> next good item
     assert (outputs[4] == 8).all()  # 16-bit 2039 -> round(2039/257) = 8 (high byte: 7)
+
+
+def test_decoded_image_cache_keeps_the_most_recently_used_within_its_byte_budget():
+    cache = sources._LRUCache(300)
+    arrays = [np.full(100, i, np.uint8) for i in range(4)]
+    for i in range(3):
+        cache.put(i, arrays[i])
+    assert cache.get(0) is arrays[0]  # 0 becomes the most recently used
+    cache.put(3, arrays[3])           # over budget: evicts 1, the least recently used
+    assert cache.get(1) is None
+    assert all(cache.get(i) is arrays[i] for i in (0, 2, 3))
+    cache.put(9, np.zeros(301, np.uint8))  # larger than the budget: not cached, no error
+    assert cache.get(9) is None and cache.get(0) is arrays[0]
+    copy = pickle.loads(pickle.dumps(cache))  # worker processes start empty
+    assert copy.max_bytes == 300 and copy.get(0) is None
 
 
 def test_folder_source_without_usable_images_is_a_clear_error(tmp_path):
@@ -461,3 +477,51 @@ def test_worker_processes_give_the_same_batches_as_threads(coord_folder):
         procs.close()
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- input wait
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _slow_batches(clock, wait_s):
+    while True:
+        clock.now += wait_s  # the host waits this long for each batch
+        yield {"hr": None}
+
+
+@pytest.mark.parametrize("wait_s, step_s, warns", [(0.09, 0.01, True), (0.02, 0.08, False)])
+def test_input_wait_meter_reports_the_wait_and_warns_once_when_input_bound(caplog, wait_s,
+                                                                            step_s, warns):
+    clock = _FakeClock()
+    meter = input_wait.InputWaitMeter(_slow_batches(clock, wait_s), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kdsr_jax.data.input_wait"):
+        for _ in range(3):  # three logging intervals of 4 steps
+            for _ in range(4):
+                next(meter)
+                clock.now += step_s  # dispatch + waiting for the device
+            scalars = meter.scalars()
+            assert scalars["perf/input_wait_s"] == pytest.approx(wait_s)
+            assert scalars["perf/input_wait_fraction"] == pytest.approx(wait_s / (wait_s + step_s))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == (1 if warns else 0)
+    if warns:
+        assert "input pipeline is the bottleneck" in warnings[0]
+        assert "scripts/prepare_data.py" in warnings[0]
+    assert meter.scalars() == {}  # no step since the last call
+
+
+def test_contiguous_pixels_copies_any_dihedral_view_exactly():
+    img = np.random.default_rng(0).integers(0, 256, (9, 7, 3), np.uint8)
+    for key, forward in DIHEDRAL.items():
+        view = forward(img[1:8, 2:7])
+        out = pipeline.contiguous_pixels(view)
+        assert out.flags.c_contiguous and out.dtype == np.uint8, key
+        np.testing.assert_array_equal(out, view)
+    gray = img[..., 0][:, ::-1]  # other layouts fall back to a plain copy
+    np.testing.assert_array_equal(pipeline.contiguous_pixels(gray), gray)

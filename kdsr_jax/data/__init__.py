@@ -2,7 +2,11 @@
 
 * `images`: file I/O (`load_image`, `load_image_full`, `save_png`, `list_images`).
 * `samples`: real photos shipped with scikit-image (`bundled_images`, `export_bundled`).
-* `sources`: folder / TFDS / bundled HR sources (`make_source`, `default_data_config`).
+* `sources`: folder / prepared / TFDS / bundled HR sources (`make_source`,
+  `default_data_config`).
+* `prepared`: an image folder decoded once into memory-mapped arrays (`prepare`;
+  CLI `scripts/prepare_data.py`).
+* `input_wait`: how long training waits for input (`InputWaitMeter`).
 * `pipeline`: checkpointable grain iterator of HR patches (`create_train_iterator`).
 """
 

@@ -95,6 +95,16 @@ def augment_image(img: np.ndarray, augment: str, rng: np.random.Generator) -> np
     raise ValueError(f"unknown augment {augment!r}; expected one of {AUGMENTS}")
 
 
+def contiguous_pixels(img: np.ndarray) -> np.ndarray:
+    """C-contiguous copy of a (possibly flipped / transposed) view of an (H, W, C) uint8
+    image. The copy moves whole C-byte pixels (a void-dtype view) rather than single
+    bytes: ~2x faster for flipped or transposed patches (measured in the `data`
+    benchmark), identical values."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.strides[-1] != 1:
+        return np.ascontiguousarray(img)
+    return np.ascontiguousarray(img.view(f"V{img.shape[-1]}")).view(np.uint8)
+
+
 class EpochShuffle:
     """Infinite sequence of `indices`, freshly permuted each epoch (seeded by epoch).
 
@@ -174,7 +184,7 @@ class _MakePatch:
                 self._note_padding(int(index), img.shape)
                 img = pad_bottom_right(img, size)
             patch = augment_image(random_crop(img, size, rng), self.augment, rng)
-        return {"hr": np.ascontiguousarray(patch)}
+        return {"hr": contiguous_pixels(patch)}
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -358,7 +368,9 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=processes))
         return it_ds
 
-    fingerprint = {"source": data_cfg.get("source", "bundled"), "num_images": len(source),
+    # A prepared folder yields the folder's batches: a run may switch between the two.
+    kind = data_cfg.get("source", "bundled")
+    fingerprint = {"source": "folder" if kind == "prepared" else kind, "num_images": len(source),
                    "seed": int(seed), "batch_size": int(batch_size),
                    "patch_size": int(patch_size), "augment": augment, "crop": crop,
                    "small_images": small}

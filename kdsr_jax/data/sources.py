@@ -1,4 +1,4 @@
-"""HR image sources: an image folder, a TFDS dataset, or the bundled photos.
+"""HR image sources: an image folder, a prepared folder, a TFDS dataset, or the bundled photos.
 
 Reference: TRAINING.md §1.1 (classic: DF2K HR PNGs, sorted by filename, uint8 RGB,
 grayscale replicated) and §2.1 (GAN: DF2K+OST GT pool read as 3-channel colour).
@@ -17,29 +17,29 @@ A source is a random-access sequence of uint8 (H, W, 3) RGB arrays (`len(src)`,
 Each skipped item is logged with ONE warning and counted in `src.skipped` (name ->
 reason). With worker processes each process keeps its own count.
 
-Memory: decoded images are kept in an LRU cache of `cache_mb` megabytes. The bundled
-photos (~5 MB) and small folders fit entirely. DF2K decodes to roughly 30 GB of uint8,
-so with the default budget most accesses decode the PNG again (measured: ~0.3-0.35 s
-for a 2040x1356 PNG on one core of a heavily shared 2-core machine; less on an idle
-core). At batch 64 that is many core-seconds per step: raise `worker_threads` /
-`worker_processes`, or pre-crop DF2K into sub-images (as the GAN side does, §2.1),
-rather than caching everything in RAM.
+Memory: decoded images are kept in an LRU cache of `cache_mb` megabytes (per process).
+The bundled photos (~5 MB) and small folders fit entirely. DF2K decodes to roughly 30 GB
+of uint8, so with the default budget most accesses decode the PNG again (~70 ms for a
+2040x1356 PNG on an idle core; every random crop pays a whole decode). For such data,
+prepare it once (`scripts/prepare_data.py`, module `prepared`) and train with
+`data.source='prepared'`: `PreparedSource` memory-maps uint8 arrays, caches nothing, and
+gives the folder source's batches.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 
+import cachetools
 import ml_collections
 import numpy as np
 
-from kdsr_jax.data import images, samples
+from kdsr_jax.data import images, prepared, samples
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("folder", "tfds", "bundled")
+SOURCE_KINDS = ("folder", "prepared", "tfds", "bundled")
 DEFAULT_CACHE_MB = 1024
 TFDS_INSTALL_HINT = "pip install tensorflow-datasets"
 
@@ -48,8 +48,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     """The `data` section of a training config (source + host pipeline settings)."""
     cfg = ml_collections.ConfigDict()
     # Where the HR images come from.
-    cfg.source = "bundled"          # 'folder' | 'tfds' | 'bundled'
-    cfg.folder = ""                 # source='folder': image folder (searched recursively)
+    cfg.source = "bundled"          # 'folder' | 'prepared' | 'tfds' | 'bundled'
+    cfg.folder = ""                 # source='folder': image folder (searched recursively);
+                                    # source='prepared': if set, checked against the manifest
+    cfg.path = ""                   # source='prepared': output of scripts/prepare_data.py
     cfg.recursive = True
     cfg.tfds_name = ""              # source='tfds': e.g. 'div2k/bicubic_x4'
     cfg.tfds_split = "train"
@@ -72,38 +74,35 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 class _LRUCache:
-    """Thread-safe LRU of numpy arrays with a byte budget."""
+    """Thread-safe LRU of numpy arrays with a byte budget (`cachetools.LRUCache` sized by
+    `nbytes`; cachetools itself is not thread-safe, hence the lock). An array larger than
+    the whole budget is not cached."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max(int(max_bytes), 0)
-        self._items: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._bytes = 0
+        self._items = cachetools.LRUCache(maxsize=self.max_bytes, getsizeof=_nbytes)
         self._lock = threading.Lock()
 
     def get(self, key: int) -> np.ndarray | None:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            return self._items.get(key)  # a hit marks the item most recently used
 
     def put(self, key: int, value: np.ndarray) -> None:
         if value.nbytes > self.max_bytes:
             return
         with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = value
-            self._bytes += value.nbytes
-            while self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
+            if key not in self._items:
+                self._items[key] = value  # evicts least recently used items to fit
 
     def __getstate__(self):  # worker processes start with an empty cache
         return {"max_bytes": self.max_bytes}
 
     def __setstate__(self, state):
         self.__init__(state["max_bytes"])
+
+
+def _nbytes(value: np.ndarray) -> int:
+    return value.nbytes
 
 
 class HRSource:
@@ -256,6 +255,54 @@ def select_range(names: list, first: int = 0, last: int = 0, label: str = "sourc
     return list(names[max(first, 1) - 1:(last or len(names))])
 
 
+class PreparedSource(HRSource):
+    """A folder prepared by `scripts/prepare_data.py` (`prepared.prepare`): uint8 arrays
+    memory-mapped per access, so nothing is decoded while training and nothing is cached
+    (a crop reads only its own rows from the page cache; see `prepared`).
+
+    Same images, order and skip / replace behaviour as `FolderSource` on the original
+    folder, hence the same batches for the same seed. `folder`, if given, must still
+    match the manifest's source fingerprint. Raises `prepared.PreparedDataError` (a
+    ValueError) for a missing, unfinished, damaged or stale dataset.
+    """
+
+    def __init__(self, path, *, min_size: int = 0, folder=None, recursive: bool = True,
+                 first: int = 0, last: int = 0):
+        self.path = str(path)
+        manifest = prepared.read_manifest(self.path)
+        prepared.check_arrays(self.path, manifest)
+        if folder:
+            prepared.check_source(manifest, folder, recursive)
+        self.manifest_info = {k: v for k, v in manifest.items() if k not in ("images", "skipped")}
+        skipped = dict(manifest.get("skipped", {}))
+        for name, reason in skipped.items():
+            logger.warning("skipping image %s: %s", name, reason)
+        # data.first / data.last count the folder's listing, unreadable files included,
+        # exactly as FolderSource does.
+        listing = sorted([e["name"] for e in manifest["images"]] + list(skipped))
+        kept = set(select_range(listing, first, last, f"prepared data {self.path}"))
+        skipped = {name: reason for name, reason in skipped.items() if name in kept}
+        self._entries = []
+        for entry in (e for e in manifest["images"] if e["name"] in kept):
+            height, width = entry["probe"]
+            if min(height, width) < (min_size or 0):
+                skipped[entry["name"]] = f"too small ({height}x{width} < {min_size})"
+                logger.warning("skipping image %s: %s", entry["name"], skipped[entry["name"]])
+            else:
+                self._entries.append(entry)
+        super().__init__([e["name"] for e in self._entries], min_size=min_size, cache_mb=0,
+                         skipped=skipped)
+
+    def describe(self) -> str:
+        return f"prepared data {self.path}"
+
+    def _decode(self, index: int) -> np.ndarray:
+        entry = self._entries[index]
+        if "error" in entry:  # failed to decode when prepared: replaced, as in FolderSource
+            raise images.ImageError(f"{entry['name']}: {entry['error']}")
+        return prepared.open_array(f"{self.path}/{entry['file']}", entry["shape"], entry["offset"])
+
+
 def _reason(name: str, exc: Exception) -> str:
     """An ImageError message without its leading '<name>: ' (the name is logged anyway)."""
     text = str(exc)
@@ -352,6 +399,11 @@ def make_source(data_cfg, *, min_size: int | None = None) -> HRSource:
         return FolderSource(data_cfg.get("folder"), recursive=data_cfg.get("recursive", True),
                             min_size=floor, cache_mb=cache_mb, first=data_cfg.get("first", 0),
                             last=data_cfg.get("last", 0))
+    if kind == "prepared":
+        return PreparedSource(data_cfg.get("path", ""), min_size=floor,
+                              folder=data_cfg.get("folder") or None,
+                              recursive=data_cfg.get("recursive", True),
+                              first=data_cfg.get("first", 0), last=data_cfg.get("last", 0))
     if kind == "tfds":
         return TfdsSource(data_cfg.get("tfds_name", ""), split=data_cfg.get("tfds_split", "train"),
                           data_dir=data_cfg.get("tfds_data_dir") or None,

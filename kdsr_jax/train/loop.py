@@ -8,7 +8,8 @@ Workdir layout:
   config.json         the full config of the run
   checkpoints/<step>/ orbax: train state (params, Adam, EMA, discriminator, pool, rng,
                       step) + the data position (step and what defines the batches)
-  tb/                 TensorBoard events (losses, lr, steps/s, eval PSNR/SSIM, images)
+  tb/                 TensorBoard events (losses, lr, steps/s, perf/input_wait_s and
+                      perf/input_wait_fraction, eval PSNR/SSIM, images)
   .lock               held while a run trains (kdsr_jax.train.workdir)
   checkpoints_damaged/  damaged steps moved aside on resume (kdsr_jax.orbax_steps)
 
@@ -51,6 +52,7 @@ import orbax.checkpoint as ocp
 
 from kdsr_jax import checkpoints, models, orbax_steps
 from kdsr_jax.degradation import pool as pool_lib
+from kdsr_jax.data import input_wait
 from kdsr_jax.models.spec import ModelSpec
 from kdsr_jax.train import (config_base, evaluation, sharding, state as state_lib, steps,
                             validate, vgg)
@@ -315,12 +317,13 @@ def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, pro
     last_saved = start if mgr.latest_step() is not None else None
     bar = _progress_bar(start, total, progress)
     t_last, n_last = time.time(), start
+    feed = input_wait.InputWaitMeter(data_it)  # perf/input_wait_* scalars, bottleneck warning
     pending = None            # (step, metrics) checked one step late: keeps the device busy
     step = start
     try:
         with _StopFlag() as stop:
             while step < end:
-                batch = sharding.global_batch(next(data_it), mesh)
+                batch = sharding.global_batch(next(feed), mesh)
                 votes = sharding.stop_votes(stop.signum is not None, mesh)
                 state, metrics = train_step(state, batch, frozen, votes)
                 stop_agreed = False
@@ -339,6 +342,7 @@ def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, pro
                     t_last, n_last = now, step
                     bar.set_postfix(loss=f"{host['loss']:.4f}", lr=f"{host['lr']:.2e}")
                     _log_scalars(writer, step, {f"train/{k}": v for k, v in host.items()})
+                    _log_scalars(writer, step, feed.scalars())
                 if pairs and (step % config.eval_every_steps == 0 or step == total):
                     _evaluate(writer, step, state, predict, pairs, spec.scale, config)
                 if (step % config.checkpoint_every_steps == 0 or step == end
