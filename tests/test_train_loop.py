@@ -223,7 +223,7 @@ def test_a_step_that_does_not_fit_in_memory_is_one_line_with_remedies(tmp_path, 
     message = str(err.value)
     assert "\n" not in message and "buffer dump" not in message
     assert "does not fit in device memory" in message and "47.11GiB" in message
-    for remedy in ("more devices", "--config.remat=True", "smaller --config.batch_size"):
+    for remedy in ("more devices", "--config.model.remat=True", "smaller --config.batch_size"):
         assert remedy in message
 
 
@@ -332,3 +332,17 @@ def test_jax_variables_may_override_part_of_a_detected_cluster(monkeypatch):
     assert sharding.maybe_initialize_distributed() is True
     assert calls == [dict(coordinator_address="node001:4321",
                           heartbeat_timeout_seconds=sharding.DEFAULT_HEARTBEAT_TIMEOUT_S)]
+
+
+def test_remat_trains_to_the_same_parameters(tmp_path):
+    """--config.model.remat=True recomputes activations in the backward pass: after two
+    steps the parameters equal a run without it (up to XLA's summation order)."""
+    ends = []
+    for remat in (False, True):
+        config = _config(total_steps=2)
+        config.model.remat = remat
+        loop.train_and_evaluate(config, str(tmp_path / f"r{remat}"), num_devices=1,
+                                progress=False)
+        ends.append(_params(tmp_path / f"r{remat}"))
+    for a, b in zip(jax.tree.leaves(ends[0]), jax.tree.leaves(ends[1])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)

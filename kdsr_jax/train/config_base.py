@@ -65,10 +65,13 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     c.augment = "dihedral"     # 'dihedral' (classic) | 'hflip' (GAN)
     c.total_steps = 0
     # SR model: a named preset (kdsr_jax.models.spec.PRESETS); n_feats / n_blocks /
-    # n_resblocks > 0 override the preset's sizes. dtype = compute dtype.
+    # n_resblocks > 0 override the preset's sizes. dtype = compute dtype. remat (ours):
+    # recompute each IDR-DCRB's and KD-IDE block's activations in the backward pass
+    # instead of keeping them (jax.checkpoint), to fit the official batch on a smaller
+    # accelerator; same parameters and gradients (kdsr_jax.models.build_model).
     c.model = ml_collections.ConfigDict(dict(
         preset="KDSRs-M", scale=config_dict.FieldReference(SCALE), dynconv="auto",
-        dtype="float32", n_feats=0, n_blocks=0, n_resblocks=0))
+        dtype="float32", remat=False, n_feats=0, n_blocks=0, n_resblocks=0))
     c.optimizer = ml_collections.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8))
     c.schedule = ml_collections.ConfigDict()
     c.ema_decay = 0.0          # 0 = no EMA
@@ -298,7 +301,7 @@ def _validate_eval(c) -> None:
 
 
 # data.<field> -> the data.source that reads it (the others ignore it).
-_SOURCE_FIELDS = {"folder": "folder", "recursive": "folder", "tfds_name": "tfds",
+_SOURCE_FIELDS = {"path": "prepared", "tfds_name": "tfds",
                   "tfds_split": "tfds", "tfds_data_dir": "tfds", "image_key": "tfds",
                   "split": "bundled"}
 
@@ -317,6 +320,11 @@ def _validate_data(c) -> None:
     if first < 0 or last < 0 or (first and last and last < first):
         _fail(f"data.first={first} / data.last={last}: a 1-based inclusive range "
               "(0 = from the first / to the last image)")
-    if (first or last) and d.source != "folder":
+    if (first or last) and d.source not in ("folder", "prepared"):
         _fail(f"data.first={first} / data.last={last} select images of an image folder "
-              f"(data.source='folder'), not of data.source={d.source!r}")
+              f"(data.source='folder' or 'prepared'), not of data.source={d.source!r}")
+    if d.source not in ("folder", "prepared"):
+        for name in ("folder", "recursive"):
+            _check_unused_default(d, name, "data", ref[name],
+                                  f"with data.source={d.source!r} (read by 'folder' and "
+                                  "'prepared')")

@@ -130,7 +130,7 @@ def _discriminator_spec(config) -> ModelSpec:
 def build(config, spec: ModelSpec, key: jax.Array):
     """(step_fn, fresh state, frozen pytree) for `config.stage`."""
     dtype = jnp.dtype(config.model.dtype)
-    model = models.build_model(spec, dtype=dtype)
+    model = models.build_model(spec, dtype=dtype, remat=config.model.remat)
     tx = state_lib.adam(config.optimizer)
     k_init, k_ema, k_d = jax.random.split(key, 3)
     params = models.init_variables(spec, k_init)["params"]
@@ -418,7 +418,7 @@ def _raise_runtime_error(e: Exception, step: int, last_saved: int | None) -> Non
     if any(m in text for m in _OOM_MARKERS):
         raise StepMemoryError(
             f"the training step does not fit in device memory ({first}); use more "
-            "devices (the global batch is split over them), --config.remat=True, or a "
+            "devices (the global batch is split over them), --config.model.remat=True, or a "
             "smaller --config.batch_size") from None
     if jax.process_count() > 1 and any(m in text for m in _PEER_LOST_MARKERS):
         raise PeerLostError(

@@ -54,7 +54,7 @@ OWN_ENTRIES = frozenset({CHECKPOINT_DIR, MODEL_JSON, CONFIG_JSON, TB_DIR, LOCK_F
 # any other difference means another run. A trailing '.' matches a whole subtree.
 RESUMABLE = ("total_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
              "eval_every_steps", "eval.", "teacher", "student", "perceptual.vgg_path",
-             "model.dtype", "model.dynconv", "data.folder", "data.tfds_data_dir",
+             "model.dtype", "model.remat", "model.dynconv", "data.folder", "data.tfds_data_dir",
              "data.worker_threads", "data.worker_processes", "data.prefetch_batches",
              "data.cache_mb")
 # ModelSpec fields that do not change the weights (implementation choices).
