@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
-from typing import Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 
 class OutputExistsError(FileExistsError):
@@ -39,9 +40,17 @@ def _sibling(path: str, kind: str) -> str:
     name = os.path.basename(os.path.abspath(path))
     if kind == "dir":
         return tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=parent)
-    os.close(fd)
-    return tmp
+    # Created with mode 0666 (unlike mkstemp's 0600), so the umask gives it the mode any
+    # new file gets, which survives the rename.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(parent, f".{name}.tmp-{secrets.token_hex(6)}")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: cannot create a temporary file")
 
 
 def remove_path(path: str) -> None:
@@ -80,18 +89,23 @@ def replacing(path: str, *, directory: bool) -> Iterator[str]:
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            if not directory:
-                os.chmod(tmp, 0o644)   # mkstemp makes 0600; outputs are world-readable
             os.replace(tmp, path)
     except BaseException:
         remove_path(tmp)
         raise
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary sibling + fsync + `os.replace`."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Writes a file through a temporary sibling: `write(f)` fills it (binary), then
+    fsync and `os.replace`, so a crash or an error never leaves a partial file under
+    `path` (an existing one stays as it was)."""
     with replacing(path, directory=False) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """`atomic_write` of a UTF-8 text."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -122,7 +122,7 @@ def test_interrupted_preparation_is_unfinished_then_resumes(mixed_folder, tmp_pa
     with pytest.raises(prepared.PreparedDataError, match="preparation did not finish"):
         pipeline.create_train_iterator(_cfg(source="prepared", path=str(out)), batch_size=2,
                                        patch_size=16, seed=0)
-    (out / prepared.ARRAY_DIR / ".tmp-0123.npy").write_bytes(b"partial")  # a killed writer
+    (out / prepared.ARRAY_DIR / ".000001.npy.tmp-0123").write_bytes(b"partial")  # a killed writer
     result = prepared.prepare(mixed_folder, out, workers=1, progress=False)
     assert (result.reused, result.decoded) == (2, 5)
     assert len(os.listdir(out / prepared.ARRAY_DIR)) == 7

@@ -35,13 +35,14 @@ import contextlib
 import io
 import os
 import pathlib
-import secrets
 import struct
 
 import numpy as np
 import png
 import tifffile
 from PIL import Image, ImageCms, ImageOps
+
+from kdsr_jax import fileio
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -343,36 +344,6 @@ def _write_png16(f, pixels: np.ndarray, compress_level: int = 6) -> None:
     writer.write(f, rows())
 
 
-def _create_temp(folder: str) -> tuple[int, str]:
-    """A new, exclusively created temporary file in `folder`, opened for writing. Unlike
-    `tempfile.mkstemp` (always 0600) it is created with mode 0666, so the process umask
-    gives it the mode any newly written file gets, which survives the rename."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.png")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{folder}: cannot create a temporary file")
-
-
-def _atomic_write(path: str, write) -> None:
-    fd, tmp = _create_temp(os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_png(path, rgb, alpha=None, bit_depth: int = 8, compress_level: int = 6) -> None:
     """Writes RGB (H,W,3) (+ optional alpha (H,W)) as an 8- or 16-bit PNG.
 
@@ -402,10 +373,10 @@ def save_png(path, rgb, alpha=None, bit_depth: int = 8, compress_level: int = 6)
             _fill_quantized(pixels[..., 3], alpha, maxval, "alpha")
     path = os.fspath(path)
     if bit_depth == 16:
-        _atomic_write(path, lambda f: _write_png16(f, pixels, compress_level))
+        fileio.atomic_write(path, lambda f: _write_png16(f, pixels, compress_level))
     else:
         im = Image.fromarray(pixels, "RGBA" if alpha is not None else "RGB")
-        _atomic_write(path, lambda f: im.save(f, format="PNG", compress_level=compress_level))
+        fileio.atomic_write(path, lambda f: im.save(f, format="PNG", compress_level=compress_level))
 
 
 def list_images(folder, recursive: bool = True) -> list[str]:

@@ -49,7 +49,6 @@ import mmap
 import multiprocessing
 import os
 import pathlib
-import secrets
 import shutil
 import signal
 import threading
@@ -59,6 +58,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from kdsr_jax import fileio
 from kdsr_jax.data import images
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ FORMAT = "kdsr-jax-prepared"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAY_DIR = "arrays"
-_TMP_PREFIX = ".tmp-"
+_TMP_MARK = ".tmp-"   # in the names of fileio.atomic_write's temporary files
 PREPARE_HINT = "python scripts/prepare_data.py --input FOLDER --output DIR"
 
 
@@ -130,20 +130,9 @@ def _check_array(path: str) -> tuple[tuple[int, int, int], int] | None:
 
 
 def _write_array(path: str, img: np.ndarray) -> None:
-    """np.save to a temporary file in the same folder, fsync, rename over `path`."""
-    tmp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{secrets.token_hex(8)}.npy")
-    try:
-        with open(tmp, "wb") as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(img), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """The image as an .npy file, written atomically (`fileio.atomic_write`)."""
+    fileio.atomic_write(path, lambda f: np.lib.format.write_array(
+        f, np.ascontiguousarray(img), allow_pickle=False))
 
 
 def open_array(path: str, shape, offset: int) -> np.ndarray:
@@ -173,14 +162,7 @@ def _manifest_path(root) -> str:
 
 
 def _write_manifest(root: str, manifest: dict[str, Any]) -> None:
-    path = _manifest_path(root)
-    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fileio.atomic_write_text(_manifest_path(root), json.dumps(manifest, indent=1) + "\n")
     _fsync_dir(root)
 
 
@@ -451,7 +433,7 @@ def _run_tasks(tasks, workers: int | None, progress: bool) -> list[dict[str, Any
 def _remove_stale(array_dir: str, keep: set[str]) -> None:
     """Deletes arrays no longer listed and temporary files of interrupted runs."""
     for name in os.listdir(array_dir):
-        if name not in keep and (name.endswith(".npy") or name.startswith(_TMP_PREFIX)):
+        if name not in keep and (name.endswith(".npy") or _TMP_MARK in name):
             try:
                 os.unlink(os.path.join(array_dir, name))
             except OSError:

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdsr_jax.data import images as image_io
+from kdsr_jax.degradation import bicubic, classic
 from kdsr_jax.evaluate import metrics
 
 # EVALUATION.md §1.3: Gaussian8 sigmas (x4: 1.8..3.2 step 0.2; x2: 0.9..1.6 step 0.1).
@@ -86,7 +88,6 @@ def aniso_degradation(lambda1, lambda2, theta, noise) -> Degradation:
 def discover_datasets(root: str, names: Sequence[str] | None = None):
     """[(name, [hr paths])] for `<root>/<name>/HR/*` (sorted), in `names` order
     (default: the benchmark order for those present, then other subfolders)."""
-    from kdsr_jax.data import images
 
     if not os.path.isdir(root):
         raise ProtocolError(f"data folder not found: {root}")
@@ -104,7 +105,7 @@ def discover_datasets(root: str, names: Sequence[str] | None = None):
         raise ProtocolError(f"no dataset folders <name>/{HR_SUBDIR}/ under {root}")
     out = []
     for n in chosen:
-        paths = images.list_images(os.path.join(root, n, HR_SUBDIR), recursive=False)
+        paths = image_io.list_images(os.path.join(root, n, HR_SUBDIR), recursive=False)
         if not paths:
             raise ProtocolError(f"{root}/{n}/{HR_SUBDIR}: no images")
         out.append((n, paths))
@@ -121,7 +122,6 @@ def crop_to_scale(img: np.ndarray, scale: int) -> np.ndarray:
 
 def _classic_config(deg: Degradation, scale: int):
     """Deterministic (`random=False`) classic config with the official parameter names."""
-    from kdsr_jax.degradation import classic
 
     return classic.test_config(scale=scale, blur_type=deg.blur_type, sig=deg.sig,
                                lambda_1=deg.lambda1, lambda_2=deg.lambda2, theta=deg.theta,
@@ -137,7 +137,6 @@ def noise_key(dataset_index: int, image_index: int, degradation_index: int) -> j
 
 def synthesize_lr(hr_u8: np.ndarray, deg: Degradation, scale: int, key) -> np.ndarray:
     """Deterministic classic LR (h, w, 3) float32 (exact 8-bit levels) of a cropped HR."""
-    from kdsr_jax.degradation import classic
 
     hr = jnp.asarray(hr_u8, jnp.float32)[None] / 255.0
     lr = classic.degrade(key, hr, _classic_config(deg, scale))
@@ -150,7 +149,6 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
     """MATLAB-like bicubic x`scale` upsampling of one (h, w, C) image: the official
     resampler's upscaling path (DEGRADATION.md §1.5), from
     `kdsr_jax.degradation.bicubic.upscale`. float32 (h*s, w*s, C), not clamped."""
-    from kdsr_jax.degradation import bicubic
 
     x = jnp.asarray(np.asarray(lr, np.float32))[None]
     return np.asarray(bicubic.upscale(x, int(scale))[0], np.float32)
@@ -174,12 +172,9 @@ def score_paired(sr, gt_u8: np.ndarray) -> tuple[float, float]:
     return metrics.psnr_y_basicsr(sr8, gt_u8), metrics.ssim_y_basicsr(sr8, gt_u8)
 
 
-def load_paired(lr_dir: str, gt_dir: str, scale: int):
-    """[(name, lr float32 (h, w, 3) in [0,1], gt uint8 (s·h, s·w, 3))] of the paired
-    protocol: files paired by sorted order, GT cropped top-left to s x the LR size.
-    ProtocolError for missing folders, no images, a count mismatch or a small GT."""
-    from kdsr_jax.data import images as image_io
-
+def paired_files(lr_dir: str, gt_dir: str) -> tuple[list[str], list[str]]:
+    """(LR paths, GT paths) of the paired protocol, paired by sorted order (non-recursive).
+    ProtocolError for a missing folder, no images or a count mismatch."""
     for d in (lr_dir, gt_dir):
         if not os.path.isdir(d):
             raise ProtocolError(f"folder not found: {d}")
@@ -189,6 +184,14 @@ def load_paired(lr_dir: str, gt_dir: str, scale: int):
         raise ProtocolError(f"{lr_dir}: no images")
     if len(lrp) != len(gtp):
         raise ProtocolError(f"{len(lrp)} LR images but {len(gtp)} GT images")
+    return lrp, gtp
+
+
+def load_paired(lr_dir: str, gt_dir: str, scale: int):
+    """[(name, lr float32 (h, w, 3) in [0,1], gt uint8 (s·h, s·w, 3))] of the paired
+    protocol: files paired by sorted order, GT cropped top-left to s x the LR size.
+    ProtocolError for missing folders, no images, a count mismatch or a small GT."""
+    lrp, gtp = paired_files(lr_dir, gt_dir)
     out = []
     for lp, gp in zip(lrp, gtp):
         lr = image_io.load_image(lp).astype(np.float32) / 255.0
@@ -250,8 +253,6 @@ def evaluate_synthetic(runner, datasets, degradations: Sequence[Degradation], *,
     changes another's score.
     `on_sr(dataset, hr_path, degradation, sr)` receives each SR image (h, w, 3) float
     in [0, 1] (e.g. to save it: scripts/evaluate.py --save-images)."""
-    from kdsr_jax.data import images as image_io
-
     s = runner.scale
     method = "KDSR"
     rows = {method: {}}
@@ -322,17 +323,7 @@ def evaluate_paired(runner, lr_dir: str, gt_dir: str, *, name: str = "paired",
     scored (unreadable file, GT smaller than s x LR, too small for SSIM) is skipped and
     recorded in 'skipped' with its reason; ProtocolError if none could be scored.
     `on_sr(name, lr_path, None, sr)` receives each SR image as in `evaluate_synthetic`."""
-    from kdsr_jax.data import images as image_io
-
-    for d in (lr_dir, gt_dir):
-        if not os.path.isdir(d):
-            raise ProtocolError(f"folder not found: {d}")
-    lrp = image_io.list_images(lr_dir, recursive=False)
-    gtp = image_io.list_images(gt_dir, recursive=False)
-    if not lrp:
-        raise ProtocolError(f"{lr_dir}: no images")
-    if len(lrp) != len(gtp):
-        raise ProtocolError(f"{len(lrp)} LR images but {len(gtp)} GT images")
+    lrp, gtp = paired_files(lr_dir, gt_dir)
     s = runner.scale
     pairs, skipped = [], []
     for lp, gp in zip(lrp, gtp):
