@@ -163,6 +163,12 @@ def make_student_step(config: ml_collections.ConfigDict, model, teacher) -> Step
 
 # ----------------------------------------------------------------- GAN stages --
 
+def _next_gan_state(state: TrainState, params, opt_state, pools, ema_decay: float):
+    """The GAN stages' state after an update: step + 1, new pools, EMA of G."""
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, pool=pools,
+                         ema_params=ema_update(state.ema_params, params, ema_decay))
+
+
 def make_gan_teacher_step(config: ml_collections.ConfigDict, model) -> StepFn:
     """KDSRNet_T: L1(KDSR_T(lq, gt), gt), EMA of the weights."""
     schedule = schedules.from_config(config.schedule)
@@ -178,9 +184,7 @@ def make_gan_teacher_step(config: ml_collections.ConfigDict, model) -> StepFn:
             return l1, {"l1": l1}
 
         params, opt, loss, aux = _minimize(tx, loss_fn, state.params, state.opt_state, lr)
-        return (state.replace(step=state.step + 1, params=params, opt_state=opt, pool=pools,
-                              ema_params=ema_update(state.ema_params, params,
-                                                    config.ema_decay)),
+        return (_next_gan_state(state, params, opt, pools, config.ema_decay),
                 {"loss": loss, "lr": lr, **aux})
 
     return step
@@ -202,9 +206,7 @@ def make_gan_student_step(config: ml_collections.ConfigDict, model, teacher) -> 
             return l1 + kd_weight * kd, {"l1": l1, "kd": kd}
 
         params, opt, loss, aux = _minimize(tx, loss_fn, state.params, state.opt_state, lr)
-        return (state.replace(step=state.step + 1, params=params, opt_state=opt, pool=pools,
-                              ema_params=ema_update(state.ema_params, params,
-                                                    config.ema_decay)),
+        return (_next_gan_state(state, params, opt, pools, config.ema_decay),
                 {"loss": loss, "lr": lr, **aux})
 
     return step
