@@ -26,10 +26,11 @@ from etils import epath
 
 from kdsr_jax import convert, hub, models, orbax_steps
 from kdsr_jax.convert.mapping import ConversionError, check_finite
-from kdsr_jax.models.spec import ModelSpec
+from kdsr_jax.models.spec import MODEL_JSON, ModelSpec
 
-TRAIN_CHECKPOINT_DIR = "checkpoints"   # kdsr_jax.train.loop.CHECKPOINT_DIR
-MODEL_JSON = "model.json"
+# The training workdir layout (written by kdsr_jax.train, read here).
+CHECKPOINT_DIR = "checkpoints"     # orbax steps
+CONFIG_JSON = "config.json"        # the run's full config
 
 
 class LoadError(ValueError):
@@ -37,7 +38,7 @@ class LoadError(ValueError):
 
 
 def is_training_workdir(path: str) -> bool:
-    return (os.path.isdir(os.path.join(path, TRAIN_CHECKPOINT_DIR))
+    return (os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
             and os.path.isfile(os.path.join(path, MODEL_JSON)))
 
 
@@ -71,7 +72,7 @@ def load_workdir(workdir: str, step: int | None = None):
         meta = json.load(f)
     # A bare ModelSpec, or {'spec': ...} as kdsr_jax.convert writes it.
     spec = ModelSpec.from_dict(meta["spec"] if "spec" in meta else meta)
-    root = os.path.abspath(os.path.join(workdir, TRAIN_CHECKPOINT_DIR))
+    root = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     mgr = orbax_steps.open_manager(lambda: ocp.CheckpointManager(root))
     try:
         step, restored = _restore_state(mgr, root, workdir, step)
@@ -103,7 +104,7 @@ def load(path: str):
             return model, variables
         if os.path.isfile(os.path.join(path, MODEL_JSON)):
             return convert.load_converted(path)
-        raise LoadError(f"{path}: not a training workdir (no {TRAIN_CHECKPOINT_DIR}/ and "
+        raise LoadError(f"{path}: not a training workdir (no {CHECKPOINT_DIR}/ and "
                         f"{MODEL_JSON}) nor a converted checkpoint (no {MODEL_JSON})")
     if convert.is_weight_file(path):
         return convert.from_torch(path)

@@ -53,21 +53,22 @@ import struct
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import safetensors
 
+from kdsr_jax import fileio, orbax_steps
 from kdsr_jax.convert import torch_io
 from kdsr_jax.convert.mapping import (PARAM_KEY, PARAM_KEY_EMA, ConversionError,
                                       check_finite, from_state_dict,
                                       state_dict_from_variables, torch_metadata)
 from kdsr_jax.models import abstract_variables, build_model
 from kdsr_jax.models.layers import mean_shift_bias
-from kdsr_jax.models.spec import ModelSpec
+from kdsr_jax.models.spec import MODEL_JSON, ModelSpec
 
 __all__ = ["ConversionError", "from_torch", "from_state_dict", "load_state_file",
            "is_weight_file", "spec_of", "to_torch", "save_converted", "load_converted",
            "MODEL_JSON", "VARIABLES_DIR"]
 
-MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
 FORMAT_NAME = "kdsr-jax-converted"
 FORMAT_VERSION = 1
@@ -188,10 +189,6 @@ def save_converted(directory, spec: ModelSpec, variables, overwrite: bool = Fals
     not a converted model (other files) is never replaced. Write errors (disk full,
     permissions) raise `orbax_steps.CheckpointIOError` (an OSError, one line).
     """
-    import orbax.checkpoint as ocp
-
-    from kdsr_jax import fileio, orbax_steps
-
     directory = pathlib.Path(directory).absolute()
     if directory.exists():
         entries = set(p.name for p in directory.iterdir()) if directory.is_dir() else None
@@ -293,8 +290,6 @@ def load_converted(directory, dtype=None):
     match the stored variable shapes; its rgb_range matches the MeanShift constants the
     weights were converted with (when model.json records them); no weight is NaN/inf.
     """
-    import orbax.checkpoint as ocp
-
     directory = pathlib.Path(directory).absolute()
     meta_path = directory / MODEL_JSON
     if not meta_path.is_file() or not (directory / VARIABLES_DIR).is_dir():

@@ -14,6 +14,9 @@ from typing import Any
 
 from kdsr_jax.models.dynconv import IMPLS
 
+# The JSON file holding a ModelSpec, in training workdirs and converted directories.
+MODEL_JSON = "model.json"
+
 KINDS = ("teacher", "student", "discriminator")
 SETTINGS = ("classic", "gan")
 SCALES = (2, 3, 4)

@@ -49,11 +49,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 from kdsr_jax import checkpoints, models, orbax_steps
 from kdsr_jax.degradation import pool as pool_lib
-from kdsr_jax.data import input_wait
-from kdsr_jax.models.spec import ModelSpec
+from kdsr_jax.data import input_wait, pipeline
+from kdsr_jax.checkpoints import CHECKPOINT_DIR, CONFIG_JSON  # noqa: F401 (workdir layout)
+from kdsr_jax.models.spec import MODEL_JSON, ModelSpec  # noqa: F401
 from kdsr_jax.train import (config_base, evaluation, sharding, state as state_lib, steps,
                             validate, vgg)
 from kdsr_jax.train import workdir as workdir_lib
@@ -63,9 +66,6 @@ logger = logging.getLogger(__name__)
 TEACHER_STAGES = ("teacher", "gan_teacher")
 GAN_STAGES = ("gan_teacher", "gan_student", "gan")
 STAGES = ("teacher", "student") + GAN_STAGES
-CHECKPOINT_DIR = "checkpoints"
-MODEL_JSON = "model.json"
-CONFIG_JSON = "config.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -280,8 +280,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, progress):
-    from kdsr_jax.data import pipeline
-
     workdir_lib.write_run_files(workdir, spec, config)
 
     mesh = sharding.make_mesh(num_devices)
@@ -444,8 +442,6 @@ def _evaluate(writer, step, state, predict, pairs, scale, config) -> dict:
 def _summary_writer(workdir: str):
     if jax.process_index() != 0:
         return None
-    from tensorboardX import SummaryWriter
-
     return SummaryWriter(os.path.join(workdir, "tb"))
 
 
@@ -458,7 +454,5 @@ def _log_scalars(writer, step: int, scalars: dict[str, float]) -> None:
 
 
 def _progress_bar(start: int, total: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                 disable=not enabled or jax.process_index() != 0, smoothing=0.1)

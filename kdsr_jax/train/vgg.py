@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdsr_jax.convert import torch_io
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)   # §2.5 use_input_norm
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -106,6 +108,4 @@ def load_torchvision_vgg19(path: str) -> dict[str, Any]:
                          "(or --config.perceptual.weight=0 to train without it)")
     if not os.path.isfile(path):
         raise ValueError(f"VGG19 weights not found: {path} (torchvision vgg19-dcbb9e9d.pth)")
-    from kdsr_jax.convert import torch_io
-
     return params_from_state_dict(_flatten(torch_io.load_pth(path)))

@@ -38,13 +38,11 @@ from typing import Iterator
 import jax
 
 from kdsr_jax import fileio
-from kdsr_jax.models.spec import ModelSpec
+from kdsr_jax.checkpoints import CHECKPOINT_DIR, CONFIG_JSON
+from kdsr_jax.models.spec import MODEL_JSON, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-MODEL_JSON = "model.json"
-CONFIG_JSON = "config.json"
 TB_DIR = "tb"
 LOCK_FILE = ".lock"
 DAMAGED_DIR = "checkpoints_damaged"     # damaged steps moved aside on resume
