@@ -286,6 +286,7 @@ def _train(config, workdir: str, spec: ModelSpec, *, num_devices, max_steps, pro
     sharding.check_batch_size(config.batch_size, mesh)
     step_fn, fresh, frozen = build(config, spec, jax.random.PRNGKey(config.seed))
     train_step = sharding.jit_step(step_fn, mesh, fresh, stop_votes=True)
+    sharding.wait_for_all_processes("kdsr_jax:start")   # before the first collective
     state = sharding.place_state(fresh, mesh)
     frozen = sharding.replicate(frozen, mesh)
 

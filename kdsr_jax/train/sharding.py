@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 logger = logging.getLogger(__name__)
@@ -236,6 +238,22 @@ def state_shardings(state, mesh: Mesh):
     if getattr(state, "pool", None):
         shardings = shardings.replace(pool=jax.tree.map(pool_leaf, state.pool))
     return shardings
+
+
+# Seconds the processes of a run may arrive apart at the start barrier.
+START_BARRIER_TIMEOUT_S = 600
+
+
+def wait_for_all_processes(name: str, timeout_s: int = START_BARRIER_TIMEOUT_S) -> None:
+    """A barrier of the JAX coordination service (no device collective), for
+    multi-process runs; nothing with one process.
+
+    XLA's gloo CPU collectives give the processes 30 s to meet at the first collective
+    (their context initialisation); processes that build and compile at different
+    speeds (a loaded host) meet here first, with `timeout_s` to spare."""
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s,
+                                            processes=set(range(jax.process_count())))
 
 
 def place_state(state, mesh: Mesh):
