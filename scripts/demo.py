@@ -209,12 +209,20 @@ def format_ablation_table(scores: dict[str, np.ndarray], degradations) -> str:
 
 # ------------------------------------------------------------- IDR separation figure --
 
+class IDRPatches(NamedTuple):
+    lr: np.ndarray          # float32 (N, p/s, p/s, 3)
+    hr: np.ndarray          # uint8 (N, p, p, 3)
+    sigma_class: np.ndarray  # (N,) index into the sigmas
+    photo: np.ndarray       # (N,) index of the held-out photo
+    patch: np.ndarray       # (N,) index of the HR patch (its blurred versions share it)
+
+
 def idr_patches(photos: list[Photo], sigmas=IDR_SIGMAS, patch: int = IDR_PATCH,
-                per_photo: int = IDR_PATCHES_PER_PHOTO, scale: int = SCALE):
+                per_photo: int = IDR_PATCHES_PER_PHOTO, scale: int = SCALE) -> IDRPatches:
     """HR patches of every held-out photo (a regular grid of `per_photo` crops), each
-    blurred with every sigma (deterministic classic LR). Returns (lr (N, p/s, p/s, 3)
-    float32, hr (N, p, p, 3) uint8, sigma class (N,), photo index (N,))."""
-    lrs, hrs, cls, owner = [], [], [], []
+    blurred with every sigma (deterministic classic LR, no noise). ValueError if a
+    photo is smaller than `patch`."""
+    lrs, hrs, cls, owner, ids = [], [], [], [], []
     for i, photo in enumerate(photos):
         h, w = photo.hr.shape[:2]
         if min(h, w) < patch:
@@ -232,7 +240,9 @@ def idr_patches(photos: list[Photo], sigmas=IDR_SIGMAS, patch: int = IDR_PATCH,
                 hrs.append(hr)
                 cls.append(c)
                 owner.append(i)
-    return np.stack(lrs), np.stack(hrs), np.asarray(cls), np.asarray(owner)
+                ids.append(i * per_photo + k)
+    return IDRPatches(np.stack(lrs), np.stack(hrs), np.asarray(cls), np.asarray(owner),
+                      np.asarray(ids))
 
 
 def encode_idr(model, variables, lr: np.ndarray, hr_u8: np.ndarray) -> np.ndarray:
@@ -247,7 +257,8 @@ def encode_idr(model, variables, lr: np.ndarray, hr_u8: np.ndarray) -> np.ndarra
 def nearest_centroid_accuracy(x: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """Leave-one-group-out nearest-centroid accuracy: for each group (photo), the class
     centroids come from the other groups' points and its points get the nearest
-    centroid's class (Euclidean). Fraction correct over all points (chance: 1 / classes)."""
+    centroid's class (Euclidean). Fraction correct over all points (chance: 1 / classes).
+    ValueError if a class occurs in one group only."""
     correct = 0
     classes = np.unique(labels)
     for g in np.unique(groups):
@@ -262,6 +273,15 @@ def nearest_centroid_accuracy(x: np.ndarray, labels: np.ndarray, groups: np.ndar
     return correct / len(labels)
 
 
+def centre_per_patch(x: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    """x minus the mean of the rows of the same patch: what is left is how the IDR of
+    one content moves with the blur width (the content's own offset removed)."""
+    out = np.array(x, np.float64)
+    for p in np.unique(patch):
+        out[patch == p] -= out[patch == p].mean(0)
+    return out
+
+
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) -> (projection (N, 2) on the two leading principal axes, explained variance
     ratio of each (2,))."""
@@ -271,40 +291,66 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xc @ vt[:2].T, var[:2] / max(var.sum(), 1e-12)
 
 
+# The two views of the IDR: as it is, and at fixed content (`centre_per_patch`).
+IDR_VIEWS = ("IDR", "IDR at fixed content")
+
+
 def idr_separation(models: dict[str, tuple], photos: list[Photo], sigmas=IDR_SIGMAS,
                    patch: int = IDR_PATCH, per_photo: int = IDR_PATCHES_PER_PHOTO):
-    """{label: (pca xy (N, 2), explained (2,), accuracy)} and the sigma class of each point."""
-    lr, hr, cls, owner = idr_patches(photos, sigmas, patch, per_photo)
+    """{label: {view: (pca xy (N, 2), explained (2,), nearest-centroid accuracy)}} for
+    both `IDR_VIEWS`, and the sigma class of each point (N,)."""
+    data = idr_patches(photos, sigmas, patch, per_photo)
     out = {}
     for label, (model, variables) in models.items():
-        idr = encode_idr(model, variables, lr, hr)
-        xy, explained = pca_2d(idr)
-        out[label] = (xy, explained, nearest_centroid_accuracy(idr, cls, owner))
-    return out, cls
+        idr = encode_idr(model, variables, data.lr, data.hr)
+        out[label] = {}
+        for view, x in zip(IDR_VIEWS, (idr, centre_per_patch(idr, data.patch))):
+            xy, explained = pca_2d(x)
+            acc = nearest_centroid_accuracy(x, data.sigma_class, data.photo)
+            out[label][view] = (xy, explained, acc)
+    return out, data.sigma_class
 
 
 def save_idr_figure(path: str, separation: dict, cls: np.ndarray, sigmas=IDR_SIGMAS) -> str:
-    """One PCA scatter per model, points coloured by the blur sigma, accuracy in the title.
-    Written with matplotlib's object API (no pyplot state); returns `path`."""
-    fig = Figure(figsize=(4.2 * len(separation) + 1.2, 4.6), dpi=110, layout="constrained")
+    """PCA scatters, one column per model and one row per `IDR_VIEWS`, points coloured
+    by the blur sigma, the nearest-centroid accuracy in each title. Written with
+    matplotlib's object API (no pyplot state); returns `path`."""
+    views = list(next(iter(separation.values())))
+    fig = Figure(figsize=(4.0 * len(separation) + 1.0, 3.9 * len(views) + 0.4), dpi=100,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(separation), squeeze=False)[0]
+    axes = fig.subplots(len(views), len(separation), squeeze=False)
     norm = colors.Normalize(min(sigmas), max(sigmas))
-    for ax, (label, (xy, explained, acc)) in zip(axes, separation.items()):
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(sigmas)[cls], cmap="viridis",
-                        norm=norm, s=14, alpha=0.85, linewidths=0)
-        ax.set_title(f"{label}\nnearest-centroid acc {acc:.0%} (chance {1 / len(sigmas):.0%})",
-                     fontsize=10)
-        ax.set_xlabel(f"PC1 ({explained[0]:.0%} var)")
-        ax.set_ylabel(f"PC2 ({explained[1]:.0%} var)")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    bar = fig.colorbar(sc, ax=list(axes), fraction=0.03)
-    bar.set_label("blur sigma (x4 iso Gaussian)")
-    fig.suptitle("IDR of held-out patches (PCA to 2-D), coloured by blur width", fontsize=11)
+    for col, (label, per_view) in enumerate(separation.items()):
+        for row, view in enumerate(views):
+            xy, explained, acc = per_view[view]
+            ax = axes[row, col]
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(sigmas)[cls], cmap="viridis",
+                            norm=norm, s=12, alpha=0.85, linewidths=0)
+            ax.set_title(f"{label}: {view}\nnearest-centroid accuracy {acc:.0%}", fontsize=10)
+            ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)", fontsize=9)
+            ax.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    bar = fig.colorbar(sc, ax=axes.ravel().tolist(), fraction=0.03)
+    bar.set_label("blur sigma (x4 isotropic Gaussian)")
+    fig.suptitle(f"IDRs of held-out patches, PCA to 2-D; {len(sigmas)} blur classes, "
+                 f"chance {1 / len(sigmas):.0%}", fontsize=11)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def format_separation(separation: dict[str, dict[str, float]]) -> str:
+    """The nearest-centroid accuracies, one row per model, one column per view."""
+    views = list(next(iter(separation.values())))
+    lines = [f"IDR separation of the blur classes sigma {IDR_SIGMAS}: nearest-centroid "
+             f"accuracy, leave-one-photo-out (chance {1 / len(IDR_SIGMAS):.0%}); 'at fixed "
+             f"content' = each patch's IDRs minus their mean over the blur widths",
+             f"{'model':<16}" + "".join(f"{v:>24}" for v in views)]
+    for label, accs in separation.items():
+        lines.append(f"{label:<16}" + "".join(f"{accs[v]:>24.0%}" for v in views))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- driver --
@@ -359,15 +405,14 @@ def run(workdir: str, teacher_cfg, student_cfg, *, ablation: bool = False,
     print("== IDR of held-out patches under different blur widths", flush=True)
     separation, cls = idr_separation(models, photos)
     figure = save_idr_figure(os.path.join(workdir, "idr_pca.png"), separation, cls)
-    result["separation"] = {k: acc for k, (_, _, acc) in separation.items()}
+    result["separation"] = {k: {view: acc for view, (_, _, acc) in v.items()}
+                            for k, v in separation.items()}
     result["figure"] = figure
-    acc = "  ".join(f"{k} {a:.0%}" for k, a in result["separation"].items())
     text = (f"{format_ablation_table(result['ablation'], ABLATION_DEGRADATIONS)}\n"
             f"PSNR-Y (dB), mean over the {len(photos)} held-out photos; equal steps "
             f"({student_cfg.total_steps}) and the same teacher for both students. The demo "
             f"trains on iso blur without noise: the aniso + noise row is outside that family.\n"
-            f"IDR separation of sigma classes {IDR_SIGMAS} (nearest centroid, "
-            f"leave-one-photo-out; chance {1 / len(IDR_SIGMAS):.0%}): {acc}\n"
+            f"\n{format_separation(result['separation'])}\n"
             f"figure: {figure}\ntotal {time.time() - t0:.0f} s")
     print("\n" + text, flush=True)
     _write(os.path.join(workdir, "ablation.txt"), text)

@@ -109,6 +109,17 @@ def test_nearest_centroid_accuracy_is_one_for_separated_classes_and_chance_for_n
                                        np.array([0, 1, 1]))
 
 
+def test_centring_per_patch_removes_the_content_and_keeps_the_blur_direction():
+    patch = np.repeat(np.arange(3), 2)                      # 3 contents x 2 blurs
+    content = np.array([[100.0, 0], [0, 100], [-50, -50]])[patch]
+    blur = np.array([[-1.0, 1], [1, -1]])[np.tile([0, 1], 3)]
+    centred = demo.centre_per_patch(content + blur, patch)
+    np.testing.assert_allclose(centred, blur)
+    labels, groups = np.tile([0, 1], 3), patch
+    assert demo.nearest_centroid_accuracy(content + blur, labels, groups) < 1.0
+    assert demo.nearest_centroid_accuracy(centred, labels, groups) == 1.0
+
+
 def test_pca_2d_finds_the_dominant_direction():
     rng = np.random.default_rng(1)
     t = rng.normal(size=(100, 1))
@@ -121,11 +132,13 @@ def test_pca_2d_finds_the_dominant_direction():
 
 def test_idr_patches_label_every_patch_with_its_sigma_and_photo():
     photos = demo.heldout_photos(max_side=128)[:2]
-    lr, hr, cls, owner = demo.idr_patches(photos, sigmas=(1.0, 3.0), patch=64, per_photo=3)
-    assert lr.shape == (12, 16, 16, 3) and hr.shape == (12, 64, 64, 3)
-    assert cls.tolist() == [0, 1] * 6 and owner.tolist() == [0] * 6 + [1] * 6
+    d = demo.idr_patches(photos, sigmas=(1.0, 3.0), patch=64, per_photo=3)
+    assert d.lr.shape == (12, 16, 16, 3) and d.hr.shape == (12, 64, 64, 3)
+    assert d.sigma_class.tolist() == [0, 1] * 6 and d.photo.tolist() == [0] * 6 + [1] * 6
+    assert d.patch.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    np.testing.assert_array_equal(d.hr[0], d.hr[1])         # one patch, two blurs
     # The wider blur leaves less detail in the same patch.
-    assert np.abs(np.diff(lr[1], axis=0)).mean() < np.abs(np.diff(lr[0], axis=0)).mean()
+    assert np.abs(np.diff(d.lr[1], axis=0)).mean() < np.abs(np.diff(d.lr[0], axis=0)).mean()
     with pytest.raises(ValueError, match="smaller than"):
         demo.idr_patches(photos, patch=256)
 
@@ -180,9 +193,10 @@ def test_ablation_path_end_to_end_on_a_few_step_tiny_config(tmp_path):
     bic = protocol.score_synthetic(protocol.bicubic_upscale(lr, 4), photo.hr, 4)
     np.testing.assert_allclose(result["ablation"]["bicubic"][0, 0], bic)
     assert set(result["separation"]) == {"teacher", demo.STUDENT_KD, demo.STUDENT_NO_KD}
-    assert all(0.0 <= a <= 1.0 for a in result["separation"].values())
+    for accs in result["separation"].values():
+        assert tuple(accs) == demo.IDR_VIEWS and all(0.0 <= a <= 1.0 for a in accs.values())
     assert images.probe_image(result["figure"])[1] > 400
     for name in ("heldout.txt", "ablation.txt"):
         text = (tmp_path / name).read_text()
         assert "mean" in text
-    assert "nearest centroid" in (tmp_path / "ablation.txt").read_text()
+    assert "nearest-centroid" in (tmp_path / "ablation.txt").read_text()
