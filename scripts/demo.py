@@ -6,23 +6,24 @@ on photos the models never saw.
 
 1. teacher KDSR_T (`configs/teacher.py:demo`): L1, its KD-IDE_T reads LR and HR;
 2. student KDSR_S (`configs/student.py:demo`): G starts from the teacher's, L1 + KD loss
-   to the frozen teacher (paper Sec. 3.3-3.4, official `trainer_iso_stage{3,4}.py`);
+   to the frozen teacher (paper Sec. 3, official `trainer_iso_stage{3,4}.py`);
 3. the per-image table on the held-out photos (`kdsr_jax.data.samples.HELDOUT_PHOTOS`:
    a face, a fine texture, a drawing, natural scenes; none is used in training):
    PSNR-Y (official classic metric, shave = scale) of bicubic, teacher and student,
    mean over the official x4 Gaussian8 kernels sigma 1.8..3.2 (paper Table 1 protocol;
    deterministic LR synthesis of `kdsr_jax.evaluate.protocol`).
 
-`make ablation` (`python scripts/demo.py --ablation`) adds the paper's KD ablation
-(Sec. 4.3, "KD-IDE without KD"): the same student stage again with the KD loss weight
-set to 0 (same teacher, same seed, same data order, equal steps), then
+`make ablation` (`python scripts/demo.py --ablation`) adds the paper's ablation of the KD
+loss: the same student stage again with the KD loss weight set to 0 (same teacher, same
+seed, same data order, equal steps), then
 
 * one table: bicubic, teacher (given HR), student without KD, student with KD on the
   held-out photos under iso sigmas and one aniso + noise kernel;
 * the IDR figure `<workdir>/idr_pca.png` (the paper's visualisation of degradation
   representations): IDRs of held-out patches blurred with different sigmas, PCA to 2-D,
   coloured by sigma, for the teacher and both students, with the nearest-centroid
-  accuracy of the IDR over the sigma classes (leave-one-photo-out).
+  accuracy of the IDR over the sigma classes (leave-one-photo-out), once for the IDR as
+  it is and once at fixed content (each patch's IDRs minus their mean over the sigmas).
 
 Everything comes from the installed packages (no ../shared, no download). Interrupt it at
 any time (Ctrl-C saves a checkpoint): running it again resumes every stage. Tables are
@@ -34,7 +35,6 @@ also written to `<workdir>/heldout.txt` and `<workdir>/ablation.txt`.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import os
 import sys
@@ -131,9 +131,8 @@ def load_models(dirs: dict[str, str]) -> dict[str, tuple]:
     return {label: checkpoints.load(path) for label, path in dirs.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_super_resolve():
-    return jax.jit(super_resolve, static_argnums=0)
+# One jitted forward for every model (static) and batch shape.
+_SUPER_RESOLVE = jax.jit(super_resolve, static_argnums=0)
 
 
 def predict(model, variables, lr: np.ndarray, hr_u8: np.ndarray) -> np.ndarray:
@@ -143,8 +142,8 @@ def predict(model, variables, lr: np.ndarray, hr_u8: np.ndarray) -> np.ndarray:
     hr = None
     if model.spec.kind == "teacher":
         hr = np.broadcast_to(hr_u8.astype(np.float32) / 255.0, (len(lr),) + hr_u8.shape)
-    out = _jitted_super_resolve()(model, {"params": variables["params"]}, jnp.asarray(lr),
-                                  None if hr is None else jnp.asarray(hr))
+    out = _SUPER_RESOLVE(model, {"params": variables["params"]}, jnp.asarray(lr),
+                         None if hr is None else jnp.asarray(hr))
     return np.asarray(out, np.float32)
 
 
