@@ -292,22 +292,27 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # The two views of the IDR: as it is, and at fixed content (`centre_per_patch`).
 IDR_VIEWS = ("IDR", "IDR at fixed content")
+BLUR_SHARE = "blur share of variance"
 
 
 def idr_separation(models: dict[str, tuple], photos: list[Photo], sigmas=IDR_SIGMAS,
                    patch: int = IDR_PATCH, per_photo: int = IDR_PATCHES_PER_PHOTO):
-    """{label: {view: (pca xy (N, 2), explained (2,), nearest-centroid accuracy)}} for
-    both `IDR_VIEWS`, and the sigma class of each point (N,)."""
+    """({label: {view: (pca xy (N, 2), explained (2,), nearest-centroid accuracy)}} for
+    both `IDR_VIEWS`, {label: blur share}, the sigma class of each point (N,)). The blur
+    share is the fraction of the IDR's total variance over the patches that is left at
+    fixed content (how much of the IDR moves with the blur rather than the content)."""
     data = idr_patches(photos, sigmas, patch, per_photo)
-    out = {}
+    out, shares = {}, {}
     for label, (model, variables) in models.items():
         idr = encode_idr(model, variables, data.lr, data.hr)
+        fixed = centre_per_patch(idr, data.patch)
+        shares[label] = float(fixed.var(0).sum() / max(idr.var(0).sum(), 1e-30))
         out[label] = {}
-        for view, x in zip(IDR_VIEWS, (idr, centre_per_patch(idr, data.patch))):
+        for view, x in zip(IDR_VIEWS, (idr, fixed)):
             xy, explained = pca_2d(x)
             acc = nearest_centroid_accuracy(x, data.sigma_class, data.photo)
             out[label][view] = (xy, explained, acc)
-    return out, data.sigma_class
+    return out, shares, data.sigma_class
 
 
 def save_idr_figure(path: str, separation: dict, cls: np.ndarray, sigmas=IDR_SIGMAS) -> str:
@@ -341,14 +346,16 @@ def save_idr_figure(path: str, separation: dict, cls: np.ndarray, sigmas=IDR_SIG
 
 
 def format_separation(separation: dict[str, dict[str, float]]) -> str:
-    """The nearest-centroid accuracies, one row per model, one column per view."""
-    views = list(next(iter(separation.values())))
+    """One row per model: the nearest-centroid accuracy of each of `IDR_VIEWS` and the
+    blur share of the IDR's variance (`idr_separation`)."""
     lines = [f"IDR separation of the blur classes sigma {IDR_SIGMAS}: nearest-centroid "
              f"accuracy, leave-one-photo-out (chance {1 / len(IDR_SIGMAS):.0%}); 'at fixed "
-             f"content' = each patch's IDRs minus their mean over the blur widths",
-             f"{'model':<16}" + "".join(f"{v:>24}" for v in views)]
-    for label, accs in separation.items():
-        lines.append(f"{label:<16}" + "".join(f"{accs[v]:>24.0%}" for v in views))
+             f"content' = each patch's IDRs minus their mean over the blur widths; "
+             f"'{BLUR_SHARE}' = the variance left at fixed content / the IDR's variance",
+             f"{'model':<16}" + "".join(f"{v:>24}" for v in IDR_VIEWS) + f"{BLUR_SHARE:>24}"]
+    for label, row in separation.items():
+        lines.append(f"{label:<16}" + "".join(f"{row[v]:>24.0%}" for v in IDR_VIEWS)
+                     + f"{row[BLUR_SHARE]:>24.1e}")
     return "\n".join(lines)
 
 
@@ -402,10 +409,10 @@ def run(workdir: str, teacher_cfg, student_cfg, *, ablation: bool = False,
     result["ablation"] = score({k: models[k] for k in ("teacher", STUDENT_NO_KD, STUDENT_KD)},
                                photos, ABLATION_DEGRADATIONS)
     print("== IDR of held-out patches under different blur widths", flush=True)
-    separation, cls = idr_separation(models, photos)
+    separation, shares, cls = idr_separation(models, photos)
     figure = save_idr_figure(os.path.join(workdir, "idr_pca.png"), separation, cls)
-    result["separation"] = {k: {view: acc for view, (_, _, acc) in v.items()}
-                            for k, v in separation.items()}
+    result["separation"] = {k: {**{view: acc for view, (_, _, acc) in v.items()},
+                                BLUR_SHARE: shares[k]} for k, v in separation.items()}
     result["figure"] = figure
     text = (f"{format_ablation_table(result['ablation'], ABLATION_DEGRADATIONS)}\n"
             f"PSNR-Y (dB), mean over the {len(photos)} held-out photos; equal steps "

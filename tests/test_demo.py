@@ -193,10 +193,17 @@ def test_ablation_path_end_to_end_on_a_few_step_tiny_config(tmp_path):
     bic = protocol.score_synthetic(protocol.bicubic_upscale(lr, 4), photo.hr, 4)
     np.testing.assert_allclose(result["ablation"]["bicubic"][0, 0], bic)
     assert set(result["separation"]) == {"teacher", demo.STUDENT_KD, demo.STUDENT_NO_KD}
-    for accs in result["separation"].values():
-        assert tuple(accs) == demo.IDR_VIEWS and all(0.0 <= a <= 1.0 for a in accs.values())
+    for row in result["separation"].values():
+        assert tuple(row) == demo.IDR_VIEWS + (demo.BLUR_SHARE,)
+        assert all(0.0 <= a <= 1.0 for a in row.values())
     assert images.probe_image(result["figure"])[1] > 400
     for name in ("heldout.txt", "ablation.txt"):
         text = (tmp_path / name).read_text()
         assert "mean" in text
     assert "nearest-centroid" in (tmp_path / "ablation.txt").read_text()
+
+
+def test_separation_table_lists_both_views_and_the_blur_share():
+    row = {demo.IDR_VIEWS[0]: 1 / 6, demo.IDR_VIEWS[1]: 0.5, demo.BLUR_SHARE: 1.2e-6}
+    lines = demo.format_separation({"teacher": row}).splitlines()
+    assert lines[-1].split() == ["teacher", "17%", "50%", "1.2e-06"]
