@@ -372,7 +372,8 @@ def run(workdir: str, teacher_cfg, student_cfg, *, ablation: bool = False,
         max_side: int = 0, num_devices: int | None = None) -> dict:
     """Trains the stages (resuming), prints and writes the tables (and, with `ablation`,
     the figure). Returns {'heldout': scores, 'ablation': scores, 'separation': {label:
-    accuracy}, 'figure': path} (the last three with `ablation` only)."""
+    {view: accuracy, BLUR_SHARE: share}}, 'figure': path} (the last three with `ablation`
+    only); scores as `score` returns them."""
     t0 = time.time()
     dirs = {"teacher": os.path.join(workdir, "teacher"),
             STUDENT_KD: os.path.join(workdir, "student")}
@@ -397,7 +398,7 @@ def run(workdir: str, teacher_cfg, student_cfg, *, ablation: bool = False,
                               protocol.iso_degradations(SCALE))
     table = format_heldout_table(result["heldout"], photos)
     note = (f"PSNR-Y (dB, official classic metric, shave 4), mean over the 8 Gaussian8 "
-            f"kernels; teacher = KDSR_T given the HR (an upper reference)\n"
+            f"kernels; teacher = KDSR_T, whose KD-IDE also reads the clean HR\n"
             f"training {t_train:.0f} s, total {time.time() - t0:.0f} s")
     text = f"{table}\n{note}"
     print("\n" + text, flush=True)
@@ -447,6 +448,10 @@ def main(argv=None) -> int:
             max_side=args.max_side)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: the trained stages are saved; run the same command again to "
+              "resume", file=sys.stderr)
         return 130
     except (ValueError, loop.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
