@@ -7,7 +7,7 @@ starts from the teacher's, its encoder (KD-IDE) from scratch; loss L1 + KD (tau 
 Variants (comma-separated after the file name):
   L      KDSRs-L sizes
   aniso  aniso blur + noise 25, 100 encoder-only (KD-only) warm-up epochs, 500 epochs
-  demo   tiny model on the bundled photos
+  demo   the small demo model on the bundled photos (`config_base.classic_demo`)
 """
 
 import ml_collections

@@ -3,7 +3,7 @@
 Variants (comma-separated after the file name):
   L      KDSRs-L sizes (C=128, N=28, R=5) instead of KDSRs-M (C=64, N=53, R=9)
   aniso  anisotropic Gaussian blur + noise 25 (main_anisonoise_KDSRsMx4_stage3.sh)
-  demo   tiny model on the bundled photos, minutes on a laptop CPU
+  demo   the small demo model on the bundled photos (`config_base.classic_demo`)
 e.g. `--config configs/teacher.py:L` then `--config.batch_size=16` to override a field;
 `--config.model.scale=2` trains x2 (the degradation and the patch follow).
 """
