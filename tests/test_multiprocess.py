@@ -40,7 +40,7 @@ ATOL = RTOL = 1e-5
 # collective fails at once on gloo; the heartbeat timeout below bounds the rest).
 HEARTBEAT_S = 10
 PEER_LOSS_BOUND_S = 45
-START_TIMEOUT_S = 150
+START_TIMEOUT_S = 300   # bounded: a hung start fails, a slow (loaded) one does not
 
 # Demo teacher shrunk to a few tiny steps (2 rows per global batch: one per process).
 TINY = {"model.n_feats": 8, "model.n_blocks": 1, "model.n_resblocks": 1, "batch_size": 2,
