@@ -252,14 +252,16 @@ def _remove_new_workdir(workdir: str, created: bool) -> None:
 def prepare(config, workdir: str, spec: ModelSpec) -> Iterator[int | None]:
     """Pre-flight checks, creation and lock of `workdir` (see the module docstring);
     yields the newest saved step (None for a new run)."""
-    lead = jax.process_index() == 0
     check_path(workdir)
+    if jax.process_index() != 0:
+        # Process 0 checks, writes and locks; the others must not judge the workdir
+        # while it writes there (a half-written pair of run files, temporary siblings).
+        # If process 0 refuses, it exits and the others stop at the start barrier.
+        yield None
+        return
     newest = check_contents(config, workdir, spec)
     existed = os.path.isdir(workdir)
     fresh = not existed or not os.listdir(workdir)
-    if not lead:
-        yield newest
-        return
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
