@@ -427,9 +427,8 @@ def run(workdir: str, teacher_cfg, student_cfg, *, ablation: bool = False,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train a small KDSR teacher then student on bundled photos; "
-                    "score them on held-out photos.")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=os.path.join(REPO, "workdirs", "demo"),
                         help="where every stage writes checkpoints (resumed if present), "
                              "the tables and the figure (default: workdirs/demo)")
