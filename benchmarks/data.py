@@ -19,15 +19,19 @@ official batch (64 HR patches of 256 px with the dihedral augmentation, TRAINING
 Each with 1 and 2 worker threads, and 2 worker processes where it applies. The figure is
 the wall time of `batches` batches after `warmup` (throughput with prefetching), as ms
 per batch and patches/s, and the CPU time per batch of the process and its workers
-(user + system; a figure that other jobs on a shared machine disturb much less). `prepared_images` > `num_images` additionally times a larger
-prepared set made by repeating the decoded images (the page cache must hold it for the
-warm figure).
+(user + system; a figure that other jobs on a shared machine disturb much less).
+`prepared_images` > `num_images` additionally times a larger prepared set made of copies
+of the prepared arrays (distinct files, e.g. 3450 for a DF2K-sized set of ~29 GB), with
+the share of it that was in the page cache when each row began (Linux `mincore`): a set
+larger than the machine's memory cannot be all cached, and its misses read the disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ctypes
 import gc
+import mmap
 import os
 import shutil
 import tempfile
@@ -106,27 +110,69 @@ def make_images(folder: str, n: int, size: tuple[int, int] = DIV2K_SIZE,
     return paths
 
 
-def repeat_prepared(src: str, dst: str, n: int) -> None:
-    """A prepared dataset of `n` images made of `src`'s arrays repeated (hard links when
-    possible), with its own manifest: a large prepared set without n decodes."""
+def copy_prepared(src: str, dst: str, n: int, log: Callable[[str], None] = print) -> list[str]:
+    """A prepared dataset of `n` images made of copies of `src`'s arrays (repeated in
+    turn), with its own manifest: a large prepared set without `n` decodes. The copies
+    are distinct files, so the set takes its full size on disk and in the page cache (a
+    DF2K-sized set: 3,450 images, ~29 GB). Kept for re-runs. Returns the array paths."""
     manifest = prepared.read_manifest(src)
     entries = [e for e in manifest["images"] if "file" in e]
     os.makedirs(os.path.join(dst, prepared.ARRAY_DIR), exist_ok=True)
-    images = []
+    images, paths = [], []
     for i in range(n):
         e = dict(entries[i % len(entries)])
-        target = f"{prepared.ARRAY_DIR}/rep_{i:05d}.npy"
-        if not os.path.exists(os.path.join(dst, target)):
-            try:
-                os.link(os.path.join(src, e["file"]), os.path.join(dst, target))
-            except OSError:
-                shutil.copyfile(os.path.join(src, e["file"]), os.path.join(dst, target))
-        images.append({**e, "name": f"rep_{i:05d}", "file": target})
-    out = {**manifest, "source": f"{src} repeated", "source_fingerprint": f"repeat-{n}",
+        target = f"{prepared.ARRAY_DIR}/copy_{i:05d}.npy"
+        path = os.path.join(dst, target)
+        if not os.path.exists(path):
+            shutil.copyfile(os.path.join(src, e["file"]), path + ".tmp")
+            os.replace(path + ".tmp", path)
+            if (i + 1) % max(n // 10, 1) == 0:
+                log(f"  copied {i + 1} of {n} arrays to {dst}")
+        images.append({**e, "name": f"copy_{i:05d}", "file": target})
+        paths.append(path)
+    out = {**manifest, "source": f"{src} copied", "source_fingerprint": f"copies-{n}",
            "num_images": n, "num_files": n, "num_skipped": 0, "num_failed": 0,
            "total_bytes": int(sum(int(np.prod(e["shape"])) for e in images)),
            "images": images, "skipped": {}}
     prepared._write_manifest(dst, out)  # pylint: disable=protected-access
+    return paths
+
+
+def page_cache_fraction(paths: list[str]) -> float | None:
+    """Fraction of the files' pages in the page cache (Linux `mincore`); None elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mincore = libc.mincore
+    except (OSError, AttributeError):
+        return None
+    mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    total = resident = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        if not size:
+            continue
+        pages = -(-size // mmap.PAGESIZE)
+        vec = np.zeros(pages, np.uint8)
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(mapped, np.uint8)
+        try:
+            if mincore(view.ctypes.data, size, vec.ctypes.data) != 0:
+                return None
+        finally:
+            del view
+            mapped.close()
+        total += pages
+        resident += int(np.count_nonzero(vec & 1))
+    return resident / total if total else None
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine (bytes), where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class _ArrayRecordTfds:
@@ -155,7 +201,7 @@ def _write_array_record(path: str, files: list[str]) -> None:
 
 
 def _time_iterator(data_cfg, cfg: DataBenchConfig, patch: int, augment: str) -> dict[str, Any]:
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     it = pipeline.create_train_iterator(data_cfg, batch_size=cfg.batch, patch_size=patch,
                                         augment=augment, seed=cfg.seed)
     try:
@@ -176,12 +222,22 @@ def _time_iterator(data_cfg, cfg: DataBenchConfig, patch: int, augment: str) -> 
             "cpu_ms_per_batch": cpu}
 
 
-def _wait_for_threads(count: int, timeout_s: float = 300.0) -> None:
+# Threads of a `multiprocessing.pool` (grain keeps one for its worker processes and
+# reuses it for every later iterator): they outlive an iterator by design.
+_POOL_THREAD_TARGETS = ("(worker)", "(_handle_workers)", "(_handle_tasks)", "(_handle_results)")
+
+
+def _wait_for_threads(before: set, timeout_s: float = 60.0) -> None:
     """Waits until the prefetch threads of a closed iterator are gone: a thread still
-    decoding its last batch would otherwise slow (and bill its CPU to) the next row."""
+    decoding its last batch would otherwise slow (and bill its CPU to) the next row.
+    Threads of a long-lived process pool are not waited for."""
     gc.collect()
     deadline = time.monotonic() + timeout_s
-    while threading.active_count() > count and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        new = [t for t in threading.enumerate() if t not in before and t.is_alive()
+               and not t.name.endswith(_POOL_THREAD_TARGETS)]
+        if not new:
+            return
         time.sleep(0.05)
 
 
@@ -258,17 +314,25 @@ def _run(cfg: DataBenchConfig, work: str, log) -> dict[str, Any]:
                  ("prepared", gan, dict(source="prepared", path=ready))]
         if cfg.prepared_images > cfg.num_images:
             big = os.path.join(work, f"prepared_x{cfg.prepared_images}")
-            repeat_prepared(ready, big, cfg.prepared_images)
-            runs += [(f"prepared ({cfg.prepared_images} images)", classic,
-                      dict(source="prepared", path=big))]
+            log(f"  a prepared set of {cfg.prepared_images} images in {big} ...")
+            big_paths = copy_prepared(ready, big, cfg.prepared_images, log)
+            sizes["large_set_images"] = cfg.prepared_images
+            sizes["large_set_bytes"] = prepared.disk_bytes(big_paths)
+            label = f"prepared ({cfg.prepared_images} images)"
+            runs += [(label, classic, dict(source="prepared", path=big, _paths=big_paths)),
+                     (label, gan, dict(source="prepared", path=big, _paths=big_paths))]
+    sizes["memory_bytes"] = memory_bytes()
 
     results = []
     for label, (crop, patch, augment), fields in runs:
         record = fields.pop("_record", None)
+        cached_paths = fields.pop("_paths", None)
         for workers in cfg.workers:
             if record and workers.endswith("p"):
                 continue  # the replaced TFDS opener does not reach worker processes
             row = dict(source=label, crop=crop, patch=patch, batch=cfg.batch, workers=workers)
+            if cached_paths:  # how warm the page cache is for the large set
+                row["page_cache_before"] = page_cache_fraction(cached_paths)
             log(f"  {label}, {crop} {patch} px, {workers} ...")
             data_cfg = _pipeline_cfg(workers, crop=crop, **fields)
             if record:  # the TFDS route without tensorflow_datasets: same bytes, same decode
@@ -284,10 +348,13 @@ def _run(cfg: DataBenchConfig, work: str, log) -> dict[str, Any]:
 
 def format_table(report: dict[str, Any]) -> str:
     """Text table: one row per (source, crop, workers)."""
-    head = ("source", "crop", "batch x px", "workers", "ms/batch", "patches/s", "CPU ms/batch")
+    head = ("source", "crop", "batch x px", "workers", "ms/batch", "patches/s", "CPU ms/batch",
+            "in page cache")
+    pct = lambda x: "-" if x is None else f"{100 * x:.0f} %"
     rows = [(r["source"], r["crop"], f"{r['batch']} x {r['patch']}", r["workers"],
              f"{r['ms_per_batch']:.1f}", f"{r['patches_per_s']:.0f}",
-             "-" if r.get("cpu_ms_per_batch") is None else f"{r['cpu_ms_per_batch']:.1f}")
+             "-" if r.get("cpu_ms_per_batch") is None else f"{r['cpu_ms_per_batch']:.1f}",
+             pct(r.get("page_cache_before")))
             for r in report["results"]]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     out = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
@@ -298,6 +365,12 @@ def format_table(report: dict[str, Any]) -> str:
                f"{s['prepared_bytes'] / 1e6:.0f} MB ({s['prepared_over_png']:.2f}x the PNGs)"
                + (f"; prepared in {s['prepare_s']:.1f} s with {s['prepare_workers']} processes"
                   if s["prepare_s"] is not None else ""))
+    if s.get("large_set_images"):
+        ram = s.get("memory_bytes")
+        out.append(f"Large set: {s['large_set_images']} prepared images, "
+                   f"{s['large_set_bytes'] / 1e9:.1f} GB on disk"
+                   + (f", machine memory {ram / 1e9:.1f} GB" if ram else "")
+                   + "; 'in page cache': its share in the page cache when the row began.")
     out.append("Workers: Nt = N threads, Np = N processes (grain). Goal: 64 x 256 px in "
                f"<= {GOAL_MS:.0f} ms on 2 cores (prepared, page cache warm). 1-min load "
                f"average at the end: {report['load_avg_1min']:.2f} on {os.cpu_count()} CPUs "
