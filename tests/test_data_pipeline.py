@@ -525,5 +525,10 @@ def test_contiguous_pixels_copies_any_dihedral_view_exactly():
         out = pipeline.contiguous_pixels(view)
         assert out.flags.c_contiguous and out.dtype == np.uint8, key
         np.testing.assert_array_equal(out, view)
+        into = np.full(view.shape, 7, np.uint8)
+        assert pipeline.contiguous_pixels(view, into) is into, key
+        np.testing.assert_array_equal(into, view)
+    floats = img.astype(np.float32)[:, ::-1].transpose(1, 0, 2)  # any dtype
+    np.testing.assert_array_equal(pipeline.contiguous_pixels(floats), floats)
     gray = img[..., 0][:, ::-1]  # other layouts fall back to a plain copy
     np.testing.assert_array_equal(pipeline.contiguous_pixels(gray), gray)

@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -173,6 +174,80 @@ def test_prepared_source_maps_instead_of_caching(mixed_folder, tmp_path):
     assert src._cache.get(0) is None  # nothing pinned in RAM
 
 
+def _npy(tmp_path, shape, seed=0):
+    path = tmp_path / "img.npy"
+    np.save(path, _pattern(*shape[:2], seed))
+    _, _, offset = prepared._npy_header(str(path))  # pylint: disable=protected-access
+    return str(path), offset
+
+
+@pytest.mark.parametrize("flips", [(h, v, t) for h in (0, 1) for v in (0, 1) for t in (0, 1)])
+def test_mapped_span_is_the_byte_range_of_any_flipped_crop(tmp_path, flips):
+    height, width, top, left, size = 50, 40, 7, 5, 9
+    path, offset = _npy(tmp_path, (height, width))
+    img = prepared.open_array(path, (height, width, 3), offset)
+    view = img[top:top + size, left:left + size]
+    h, v, t = flips
+    view = view[:, ::-1] if h else view
+    view = view[::-1] if v else view
+    view = view.transpose(1, 0, 2) if t else view
+    mapping, first, end = prepared.mapped_span(view)
+    row = width * 3
+    assert first == offset + top * row + left * 3
+    assert end == offset + (top + size - 1) * row + (left + size) * 3
+    np.testing.assert_array_equal(np.frombuffer(mapping, np.uint8)[first:end].reshape(-1)[:size * 3],
+                                  img[top, left:left + size].reshape(-1))
+    assert prepared.mapped_span(np.array(view)) is None  # a copy is not a view of the map
+    assert prepared.mapped_span(np.zeros((4, 4, 3), np.uint8)[1:3]) is None
+
+
+def test_will_need_reads_the_crops_rows_ahead_and_nothing_else(tmp_path):
+    """On Linux, with the file's pages evicted, will_need brings exactly the pages of the
+    crop's rows into the page cache (the memory-map itself reads nothing ahead)."""
+    if not (hasattr(os, "posix_fadvise") and sys.platform.startswith("linux")):
+        pytest.skip("needs Linux page-cache control")
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import mmap  # pylint: disable=import-outside-toplevel
+
+    height, width, top, size = 600, 700, 250, 64   # 1.26 MB; the crop spans ~132 KB
+    path, offset = _npy(tmp_path, (height, width))
+
+    def resident_pages():
+        size_b = os.path.getsize(path)
+        vec = np.zeros(-(-size_b // mmap.PAGESIZE), np.uint8)
+        with open(path, "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(m, np.uint8)
+        libc = ctypes.CDLL(None)
+        libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+        assert libc.mincore(view.ctypes.data, size_b, vec.ctypes.data) == 0
+        del view
+        m.close()
+        return np.flatnonzero(vec & 1)
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if len(resident_pages()):
+        pytest.skip("this filesystem keeps the file in memory (e.g. tmpfs)")
+    img = prepared.open_array(path, (height, width, 3), offset)
+    crop = img[top:top + size, 100:100 + size][::-1].transpose(1, 0, 2)
+    prepared.will_need(crop)
+    first = offset + top * width * 3
+    end = offset + (top + size - 1) * width * 3 + (100 + size) * 3
+    expected = np.arange(first // mmap.PAGESIZE, -(-end // mmap.PAGESIZE))
+    deadline = time.monotonic() + 10
+    while len(resident_pages()) < len(expected) and time.monotonic() < deadline:
+        time.sleep(0.01)   # the read is asynchronous
+    np.testing.assert_array_equal(resident_pages(), expected)
+    np.testing.assert_array_equal(np.array(crop), _pattern(height, width, 0)[
+        top:top + size, 100:100 + size][::-1].transpose(1, 0, 2))
+    np.testing.assert_array_equal(resident_pages(), expected)  # reading it read no more
+
+
 def test_prepare_data_script_runs_in_parallel_and_reports(mixed_folder, tmp_path):
     out = tmp_path / "prepared"
     env = {**os.environ, "PYTHONPATH": REPO}
@@ -222,10 +297,16 @@ def test_data_benchmark_times_every_source_on_generated_images(tmp_path):
     rows = {(r["source"], r["crop"]) for r in report["results"]}
     assert rows == {("folder uncached", "random"), ("folder cached", "random"),
                     ("tfds layout", "random"), ("prepared", "random"),
-                    ("prepared", "pad_or_crop"), ("prepared (3 images)", "random")}
+                    ("prepared", "pad_or_crop"), ("prepared (3 images)", "random"),
+                    ("prepared (3 images)", "pad_or_crop")}
     assert all(r["patches_per_s"] > 0 for r in report["results"])
     sizes = report["sizes"]
     assert sizes["images"] == 2 and sizes["prepared_bytes"] > 2 * 60 * 70 * 3
+    assert sizes["large_set_images"] == 3 and sizes["large_set_bytes"] > 3 * 60 * 70 * 3
+    copies = sorted((tmp_path / "prepared_x3" / "arrays").iterdir())
+    assert len(copies) == 3 and len({c.stat().st_ino for c in copies}) == 3  # distinct files
+    cached = [r["page_cache_before"] for r in report["results"] if "page_cache_before" in r]
+    assert len(cached) == 2 and all(c is None or 0 <= c <= 1 for c in cached)
     assert "prepared" in data_bench.format_table(report)
 
 

@@ -147,11 +147,46 @@ def open_array(path: str, shape, offset: int) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(buf, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            buf.madvise(mmap.MADV_RANDOM)  # no read-around on faults: see will_need
         return np.frombuffer(buf, np.uint8, count=height * width * channels,
                              offset=int(offset)).reshape(height, width, channels)
     except (OSError, ValueError) as exc:
         raise images.ImageError(f"{path}: cannot map prepared array "
                                 f"({images._one_line(exc)})") from None
+
+
+def will_need(view: np.ndarray) -> None:
+    """Asks the kernel to read the file pages under `view` (a view of an `open_array`
+    array, e.g. a flipped crop) ahead, in one request; a no-op for other arrays.
+
+    A 256 px crop of a 2040 px wide image spans ~1.5 MB of whole rows. The maps of
+    `open_array` are advised MADV_RANDOM, so a fault on a page that is not in the page
+    cache reads that page alone instead of the kernel's read-ahead window around it
+    (which can be the whole 8.3 MB file); this call makes the crop's span one read
+    instead of one read per row. It matters when the prepared set is larger than the
+    page cache (DF2K, ~29 GB): ~2x less time per crop that misses the cache, measured
+    with the `data` benchmark's large set.
+    """
+    span = mapped_span(view)
+    if span is not None and hasattr(mmap, "MADV_WILLNEED"):
+        mapping, first, end = span
+        start = first - first % mmap.PAGESIZE  # madvise takes page-aligned starts
+        mapping.madvise(mmap.MADV_WILLNEED, start, end - start)
+
+
+def mapped_span(view: np.ndarray) -> tuple[mmap.mmap, int, int] | None:
+    """(map, first byte, end byte) of the bytes of `view` within the memory map it is a
+    view of (whatever its flips or transposes), or None if it is not a view of one."""
+    owner = view.base
+    while isinstance(owner, (np.ndarray, memoryview)):  # np.frombuffer keeps a memoryview
+        owner = owner.base if isinstance(owner, np.ndarray) else owner.obj
+    if not isinstance(owner, mmap.mmap) or view.size == 0:
+        return None
+    low = sum((n - 1) * st for n, st in zip(view.shape, view.strides) if st < 0)
+    high = sum((n - 1) * st for n, st in zip(view.shape, view.strides) if st > 0)
+    first = view.ctypes.data - np.frombuffer(owner, np.uint8, count=1).ctypes.data + low
+    return owner, first, first + high - low + view.itemsize
 
 
 # --------------------------------------------------------------------------- manifest
