@@ -409,6 +409,21 @@ def test_same_seed_same_batches_other_seed_other_batches(coord_folder):
     assert not np.array_equal(run(11), run(12))
 
 
+def test_more_threads_than_prefetched_batches_all_work_without_a_warning(coord_folder, caplog):
+    """grain runs at most prefetch_buffer_size threads (and warns): the pipeline reads
+    ahead by at least one batch per worker thread."""
+    reference = take(pipeline.create_train_iterator(
+        folder_cfg(coord_folder, worker_threads=1), batch_size=4, patch_size=P, seed=3), 3)
+    with caplog.at_level(logging.WARNING):
+        it = pipeline.create_train_iterator(
+            folder_cfg(coord_folder, worker_threads=4, prefetch_batches=2), batch_size=4,
+            patch_size=P, seed=3)
+        batches = take(it, 3)
+    assert not [r for r in caplog.records if "prefetch_buffer_size" in r.getMessage()]
+    for a, b in zip(reference, batches):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_hosts_read_their_rows_of_the_one_global_batch(coord_folder):
     """P hosts together read exactly the 1-host global batch (same images, crops, flips)."""
     cfg = folder_cfg(coord_folder)

@@ -376,7 +376,10 @@ def create_train_iterator(data_cfg, *, batch_size: int, patch_size: int, augment
 
     threads = max(int(data_cfg.get("worker_threads", 2)), 0)
     prefetch = max(int(data_cfg.get("prefetch_batches", 2)), 0)
-    read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch if threads else 0)
+    # grain runs at most `prefetch_buffer_size` threads at once: ahead by at least one
+    # batch per thread, so that every thread asked for works.
+    read_options = grain.ReadOptions(num_threads=threads,
+                                     prefetch_buffer_size=max(prefetch, threads) if threads else 0)
     processes = int(data_cfg.get("worker_processes", 0))
     if processes > 0:
         _ensure_absl_flags_parsed()

@@ -69,7 +69,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.small_images = "skip"       # crop='random', image < patch: 'skip' | 'pad'
     cfg.worker_threads = 2          # decode/crop threads (2-core machine default)
     cfg.worker_processes = 0        # > 0: decode in that many processes instead
-    cfg.prefetch_batches = 2        # batches prepared ahead
+    cfg.prefetch_batches = 2        # batches prepared ahead (at least one per thread)
     return cfg
 
 
