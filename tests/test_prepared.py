@@ -9,6 +9,7 @@ import importlib.util
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -283,6 +284,29 @@ def test_training_loop_reads_prepared_data_and_logs_the_input_wait(mixed_folder,
     state = loop.train_and_evaluate(c, str(tmp_path / "run"), num_devices=1, progress=False)
     assert int(state.step) == 2
     assert logged["perf/input_wait_s"] >= 0 and 0 <= logged["perf/input_wait_fraction"] <= 1
+
+
+def test_a_training_run_switches_between_folder_and_prepared_data_and_moved_data(
+        mixed_folder, tmp_path):
+    """A run started on the folder resumes on its prepared set, and on a moved copy of it
+    (data.path changed): the parameters equal an uninterrupted run on the folder."""
+    from test_train_loop import _assert_trees_equal, _config, _params  # pylint: disable=import-outside-toplevel
+
+    out = tmp_path / "prepared"
+    prepared.prepare(mixed_folder, out, workers=1, progress=False)
+    folder = dict(source="folder", folder=str(mixed_folder), small_images="pad")
+    run = lambda wd, steps, data: loop.train_and_evaluate(
+        _config(total_steps=steps, checkpoint_every_steps=1, data=dict(
+            _config().data.to_dict(), **data)), str(wd), num_devices=1, progress=False)
+    run(tmp_path / "whole", 3, folder)
+    run(tmp_path / "switched", 1, folder)
+    run(tmp_path / "switched", 2, dict(source="prepared", path=str(out), small_images="pad"))
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    run(tmp_path / "switched", 3, dict(source="prepared", path=str(moved), small_images="pad"))
+    _assert_trees_equal(_params(str(tmp_path / "whole")), _params(str(tmp_path / "switched")))
+    with pytest.raises(ValueError, match=r"data.source \('folder' -> 'bundled'\)"):
+        run(tmp_path / "switched", 4, dict(source="bundled"))
 
 
 def test_data_benchmark_times_every_source_on_generated_images(tmp_path):

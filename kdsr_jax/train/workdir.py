@@ -52,9 +52,13 @@ OWN_ENTRIES = frozenset({CHECKPOINT_DIR, MODEL_JSON, CONFIG_JSON, TB_DIR, LOCK_F
 # any other difference means another run. A trailing '.' matches a whole subtree.
 RESUMABLE = ("total_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
              "eval_every_steps", "eval.", "teacher", "student", "perceptual.vgg_path",
-             "model.dtype", "model.remat", "model.dynconv", "data.folder", "data.tfds_data_dir",
+             "model.dtype", "model.remat", "model.dynconv", "data.folder", "data.path",
+             "data.tfds_data_dir",
              "data.worker_threads", "data.worker_processes", "data.prefetch_batches",
              "data.cache_mb")
+# Data sources that give the same batches: a prepared set is its folder, decoded once
+# (`kdsr_jax.data.prepared`), so a run may switch between the two.
+SAME_BATCHES_SOURCE = {"prepared": "folder"}
 # ModelSpec fields that do not change the weights (implementation choices).
 SPEC_RESUMABLE = ("dynconv",)
 
@@ -79,6 +83,14 @@ def _flatten(tree, prefix=""):
 
 def _resumable(name: str) -> bool:
     return any(name == r or (r.endswith(".") and name.startswith(r)) for r in RESUMABLE)
+
+
+def _by_batches(config: dict) -> dict:
+    """`config` with `data.source` named by the batches it gives (SAME_BATCHES_SOURCE)."""
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or data.get("source") not in SAME_BATCHES_SOURCE:
+        return config
+    return {**config, "data": {**data, "source": SAME_BATCHES_SOURCE[data["source"]]}}
 
 
 def _differences(old: dict, new: dict, allowed) -> list[str]:
@@ -161,7 +173,7 @@ def check_contents(config, workdir: str, spec: ModelSpec) -> int | None:
     if CONFIG_JSON in entries:
         saved = _read_json(os.path.join(workdir, CONFIG_JSON), "config")
         new = json.loads(config.to_json_best_effort())
-        diff = _differences(saved, new, _resumable)
+        diff = _differences(_by_batches(saved), _by_batches(new), _resumable)
         if diff:
             raise WorkdirError(f"{workdir} was started with another config: "
                                f"{'; '.join(diff)}; use a new --workdir, or the same config")
