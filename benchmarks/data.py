@@ -319,10 +319,9 @@ def _run(cfg: DataBenchConfig, work: str, log) -> dict[str, Any]:
                                                cache_mb=0, _record=record))]
     if "prepared" in cfg.sources:
         small = [os.path.join(ready, e["file"]) for e in m["images"] if "file" in e]
-        runs += [("prepared", classic, dict(source="prepared", path=ready, _paths=small,
-                                            _warm=True)),
-                 ("prepared", gan, dict(source="prepared", path=ready, _paths=small,
-                                        _warm=True))]
+        label = f"prepared ({m['num_images']} images)"
+        runs += [(label, classic, dict(source="prepared", path=ready, _paths=small, _warm=True)),
+                 (label, gan, dict(source="prepared", path=ready, _paths=small, _warm=True))]
         if cfg.prepared_images > cfg.num_images:
             big = os.path.join(work, f"prepared_x{cfg.prepared_images}")
             log(f"  a prepared set of {cfg.prepared_images} images in {big} ...")
@@ -382,14 +381,21 @@ def format_table(report: dict[str, Any]) -> str:
     if s.get("large_set_images"):
         ram = s.get("memory_bytes")
         out.append(f"Large set: {s['large_set_images']} prepared images, "
-                   f"{s['large_set_bytes'] / 1e9:.1f} GB on disk"
-                   + (f", machine memory {ram / 1e9:.1f} GB" if ram else "")
-                   + ".")
+                   f"{_size(s['large_set_bytes'])} on disk"
+                   + (f", machine memory {_size(ram)}" if ram else "") + ".")
     out.append("'in page cache': the prepared set's share in the page cache when the row "
                "began (the small set is read once before each of its rows; the large set "
                "is not: one larger than memory cannot be all cached).")
+    load, cpus = report["load_avg_1min"], os.cpu_count() or 1
     out.append("Workers: Nt = N threads, Np = N processes (grain). Goal: 64 x 256 px in "
-               f"<= {GOAL_MS:.0f} ms on 2 cores (prepared, page cache warm). 1-min load "
-               f"average at the end: {report['load_avg_1min']:.2f} on {os.cpu_count()} CPUs "
-               "(above the CPU count, wall times are inflated by other jobs).")
+               f"<= {GOAL_MS:.0f} ms on 2 cores (prepared, page cache warm). CPU time is "
+               "counted in clock ticks (10 ms): time more batches (--data-batches) for a "
+               "finer figure."
+               + ("" if load is None else f" 1-min load average at the end: {load:.2f} on "
+                  f"{cpus} CPUs" + (": above the CPU count, so wall times are inflated by "
+                                    "other jobs." if load > cpus else ".")))
     return "\n".join(out)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"

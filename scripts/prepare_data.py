@@ -14,9 +14,15 @@ that training memory-maps (no image decoding while training).
 * Interrupt it at any time (Ctrl-C, a killed job) and run the same command again: the
   arrays already written are reused, the rest decoded. `manifest.json` is written last
   and atomically, so an unfinished dataset is never taken for a finished one; a re-run
-  on an up-to-date dataset does nothing; changed source files are redone.
+  on an up-to-date dataset does nothing; changed source files are redone. An --output
+  prepared from another --input is refused unless --force (which replaces it).
 * Disk: 3 bytes per pixel (DIV2K/DF2K PNGs are ~2x smaller; see README, "Preparing
-  training data"). Training is fastest when the prepared set fits in the page cache.
+  training data"). A set larger than the page cache still trains at full speed with
+  two or more worker threads (a crop that misses the cache reads only its rows).
+* Manifest counts: `num_images` usable images; `num_skipped` files whose header cannot
+  be read (left out, as training from the folder does); `num_failed` files that decode
+  badly past a good header (kept in `images` with an `error`: training replaces them by
+  the next image, as from the folder).
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only the files directly in --input (match data.recursive=False)")
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: all CPUs this process may use)")
-    p.add_argument("--force", action="store_true", help="rebuild every array from scratch")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild every array from scratch (also: replace a dataset that was "
+                        "prepared from another --input)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -72,7 +80,7 @@ def main(argv=None) -> int:
     source_bytes = prepared.disk_bytes(os.path.join(m["source"], e["name"]) for e in m["images"])
     state = ("already up to date" if result.up_to_date else
              f"{result.decoded} decoded, {result.reused} reused")
-    print(f"{args.output}: {m['num_images']} images ({state}), {_gb(m['total_bytes'])} of "
+    print(f"{args.output}: {m['num_images']} image{'s' * (m['num_images'] != 1)} ({state}), {_gb(m['total_bytes'])} of "
           f"arrays from {_gb(source_bytes)} of image files; {m['num_skipped']} skipped, "
           f"{m['num_failed']} failed to decode (see {prepared.MANIFEST})")
     print(f"train with: --config.data.source=prepared --config.data.path={args.output}")

@@ -139,7 +139,7 @@ def test_changed_source_is_detected_and_only_its_files_redone(mixed_folder, tmp_
     assert len(sources.make_source(cfg)) == 8  # the folder still matches the manifest
     Image.fromarray(_pattern(40, 50, 99)).save(mixed_folder / "a.png")
     os.utime(mixed_folder / "a.png", ns=(1, 1))  # a different mtime, whatever the clock
-    with pytest.raises(prepared.PreparedDataError, match="different state of"):
+    with pytest.raises(prepared.PreparedDataError, match="from an earlier state of"):
         sources.make_source(cfg)
     result = prepared.prepare(mixed_folder, out, workers=1, progress=False)
     assert (result.decoded, result.reused) == (1, 6)
@@ -164,6 +164,46 @@ def test_damaged_or_missing_datasets_are_one_line_errors(mixed_folder, tmp_path)
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty and not a prepared dataset"):
         prepared.prepare(mixed_folder, tmp_path / "other", workers=1, progress=False)
+
+
+def test_mismatches_name_what_differs_and_the_command_that_fixes_them(mixed_folder, tmp_path):
+    out = tmp_path / "prepared"
+    prepared.prepare(mixed_folder, out, workers=1, progress=False)
+    other = tmp_path / "other_hr"
+    other.mkdir()
+    Image.fromarray(_pattern(40, 50, 1)).save(other / "x.png")
+    with pytest.raises(prepared.PreparedDataError) as e:   # another folder
+        sources.make_source(_cfg(source="prepared", path=str(out), folder=str(other)))
+    assert f"prepared from {mixed_folder}, and data.folder={other} holds other files" in str(e.value)
+    assert f"--input {other} --output {out}" in str(e.value)
+    with pytest.raises(prepared.PreparedDataError,   # the folder, listed another way
+                       match="prepared recursively, but data.recursive=False; set "
+                             "data.recursive=True"):
+        sources.make_source(_cfg(source="prepared", path=str(out), folder=str(mixed_folder),
+                                 recursive=False))
+    with pytest.raises(prepared.PreparedDataError, match="data.recursive=False has no effect"):
+        sources.make_source(_cfg(source="prepared", path=str(out), recursive=False))
+    flat = tmp_path / "flat"
+    prepared.prepare(mixed_folder, flat, recursive=False, workers=1, progress=False)
+    assert len(sources.make_source(_cfg(source="prepared", path=str(flat)))) == 7  # no sub/
+    assert len(sources.make_source(_cfg(source="prepared", path=str(flat),
+                                        folder=str(mixed_folder), recursive=False))) == 7
+    with pytest.raises(prepared.PreparedDataError,   # an image folder given as data.path
+                       match=f"an image folder, not a prepared dataset.*--input {other} "):
+        sources.make_source(_cfg(source="prepared", path=str(other)))
+    before = sorted(os.listdir(out / prepared.ARRAY_DIR))
+    with pytest.raises(ValueError, match=f"holds the images of {mixed_folder}, not of "
+                                         f"--input {other}.*--force"):
+        prepared.prepare(other, out, workers=1, progress=False)
+    assert sorted(os.listdir(out / prepared.ARRAY_DIR)) == before  # nothing was replaced
+    assert len(prepared.read_manifest(out)["images"]) == 8
+    replaced = prepared.prepare(other, out, force=True, workers=1, progress=False)
+    assert replaced.manifest["num_images"] == 1
+    logs = []
+    (out / prepared.MANIFEST).write_text("{broken")
+    prepared.prepare(other, out, workers=1, progress=False, log=logs.append)
+    assert len(logs) == 1 and logs[0].startswith(f"rebuilding {out} (")
+    assert "re-run" not in logs[0] and "arrays of unchanged files are kept" in logs[0]
 
 
 def test_prepared_source_maps_instead_of_caching(mixed_folder, tmp_path):
@@ -320,8 +360,8 @@ def test_data_benchmark_times_every_source_on_generated_images(tmp_path):
     report = data_bench.run(cfg, log=lambda m: None)
     rows = {(r["source"], r["crop"]) for r in report["results"]}
     assert rows == {("folder uncached", "random"), ("folder cached", "random"),
-                    ("tfds layout", "random"), ("prepared", "random"),
-                    ("prepared", "pad_or_crop"), ("prepared (3 images)", "random"),
+                    ("tfds layout", "random"), ("prepared (2 images)", "random"),
+                    ("prepared (2 images)", "pad_or_crop"), ("prepared (3 images)", "random"),
                     ("prepared (3 images)", "pad_or_crop")}
     assert all(r["patches_per_s"] > 0 for r in report["results"])
     sizes = report["sizes"]
@@ -333,7 +373,8 @@ def test_data_benchmark_times_every_source_on_generated_images(tmp_path):
               if "page_cache_before" in r}
     assert len(cached) == 4 and all(c is None or 0 <= c <= 1 for c in cached.values())
     if sys.platform.startswith("linux"):  # the small set is read into the cache first
-        assert cached[("prepared", "random")] == cached[("prepared", "pad_or_crop")] == 1.0
+        assert (cached[("prepared (2 images)", "random")]
+                == cached[("prepared (2 images)", "pad_or_crop")] == 1.0)
     assert "prepared" in data_bench.format_table(report)
 
 

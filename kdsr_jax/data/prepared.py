@@ -72,7 +72,13 @@ PREPARE_HINT = "python scripts/prepare_data.py --input FOLDER --output DIR"
 
 
 class PreparedDataError(ValueError):
-    """A prepared dataset is missing, unfinished, damaged or stale (one-line message)."""
+    """A prepared dataset is missing, unfinished, damaged or stale (one-line message).
+
+    `reason` is what is wrong, without the remedy the message adds."""
+
+    def __init__(self, reason: str, remedy: str = ""):
+        super().__init__(f"{reason}; {remedy}" if remedy else reason)
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------- source folder
@@ -228,24 +234,30 @@ def read_manifest(root) -> dict[str, Any]:
         raise PreparedDataError("data.source='prepared' needs data.path (a folder written by "
                                 f"{PREPARE_HINT})")
     if not os.path.isdir(root):
-        raise PreparedDataError(f"{root}: not a folder; prepare one with {PREPARE_HINT}")
+        raise PreparedDataError(f"{root}: not a folder", f"prepare one with {PREPARE_HINT}")
     path = _manifest_path(root)
     if not os.path.isfile(path):
-        what = ("preparation did not finish" if os.path.isdir(os.path.join(root, ARRAY_DIR))
-                else "not a prepared dataset")
-        raise PreparedDataError(f"{root}: no {MANIFEST} ({what}); run {PREPARE_HINT} "
-                                f"(it resumes)")
+        if os.path.isdir(os.path.join(root, ARRAY_DIR)):
+            raise PreparedDataError(f"{root}: no {MANIFEST} (preparation did not finish)",
+                                    f"run the same {PREPARE_HINT} again (it resumes)")
+        if images.list_images(root, recursive=True):
+            raise PreparedDataError(
+                f"{root}: an image folder, not a prepared dataset (no {MANIFEST})",
+                f"prepare it with python scripts/prepare_data.py --input {root} --output DIR "
+                "and train with data.path=DIR, or train on it with data.source=folder")
+        raise PreparedDataError(f"{root}: no {MANIFEST} (not a prepared dataset)",
+                                f"prepare one with {PREPARE_HINT}")
     try:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, ValueError) as exc:
-        raise PreparedDataError(f"{path}: unreadable ({images._one_line(exc)}); re-run "
-                                f"{PREPARE_HINT}") from None
+        raise PreparedDataError(f"{path}: unreadable ({images._one_line(exc)})",
+                                f"re-run {PREPARE_HINT}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PreparedDataError(f"{path}: not a {FORMAT} manifest")
     if manifest.get("version") != FORMAT_VERSION:
         raise PreparedDataError(f"{path}: format version {manifest.get('version')!r}, this "
-                                f"kdsr_jax reads {FORMAT_VERSION}; re-run {PREPARE_HINT}")
+                                f"kdsr_jax reads {FORMAT_VERSION}", f"re-run {PREPARE_HINT}")
     return manifest
 
 
@@ -266,18 +278,33 @@ def check_arrays(root, manifest: dict[str, Any]) -> None:
             bad.append(f"{entry['file']} ({'missing' if size is None else f'{size} bytes, want {want}'})")
     if bad:
         raise PreparedDataError(f"{root}: {len(bad)} prepared array(s) missing or damaged, "
-                                f"e.g. {bad[0]}; re-run {PREPARE_HINT}")
+                                f"e.g. {bad[0]}", f"re-run {PREPARE_HINT}")
 
 
-def check_source(manifest: dict[str, Any], folder, recursive: bool = True) -> None:
-    """Raises `PreparedDataError` if `folder` no longer matches the manifest's source
-    fingerprint (files added, removed or modified since preparation)."""
+def check_source(manifest: dict[str, Any], folder, recursive: bool = True,
+                 root: str = "DIR") -> None:
+    """Raises `PreparedDataError` if `folder` (listed recursively or not) no longer
+    matches the manifest's source fingerprint: files added, removed or modified since
+    preparation, another folder, or another `recursive` setting; the message says which."""
     now = fingerprint(list_source(folder, recursive), recursive)
-    if now != manifest.get("source_fingerprint"):
+    if now == manifest.get("source_fingerprint"):
+        return
+    made_from, made_recursive = manifest.get("source", "?"), manifest.get("recursive")
+    remedy = (f"re-run python scripts/prepare_data.py --input {folder} --output {root}"
+              f"{'' if recursive else ' --no-recursive'}, or unset data.folder to train on "
+              "the prepared data as it is")
+    if made_recursive is not None and bool(made_recursive) != bool(recursive):
         raise PreparedDataError(
-            f"prepared data was made from a different state of {folder} (files added, "
-            f"removed or modified since); re-run {PREPARE_HINT}, or unset data.folder to "
-            f"train on the prepared data as it is")
+            f"{root} was prepared {'' if made_recursive else 'non-'}recursively, but "
+            f"data.recursive={bool(recursive)}",
+            f"set data.recursive={bool(made_recursive)}, or {remedy}")
+    if os.path.abspath(folder) != os.path.abspath(made_from):
+        raise PreparedDataError(
+            f"{root} was prepared from {made_from}, and data.folder={folder} holds other "
+            "files", remedy)
+    raise PreparedDataError(
+        f"{root} was prepared from an earlier state of {folder} (files added, removed or "
+        "modified since)", remedy)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -371,18 +398,23 @@ def prepare(input_dir, output_dir, *, recursive: bool = True, workers: int | Non
     _check_output(root, input_dir)
     listing = list_source(input_dir, recursive)
     if not listing:
-        raise ValueError(f"{input_dir}: no image files (extensions "
+        raise ValueError(f"--input {input_dir}: no image files (extensions "
                          f"{', '.join(images.IMAGE_EXTENSIONS)})")
     source_fp = fingerprint(listing, recursive)
     array_dir = os.path.join(root, ARRAY_DIR)
     if not force and os.path.isfile(_manifest_path(root)):
         try:
             old = read_manifest(root)
+            made_from = old.get("source")
+            if made_from and os.path.abspath(made_from) != os.path.abspath(input_dir):
+                raise ValueError(f"--output {root} holds the images of {made_from}, not of "
+                                 f"--input {input_dir}; use another --output, or --force to "
+                                 "replace them")
             if old.get("source_fingerprint") == source_fp:
                 check_arrays(root, old)
                 return PrepareResult(old, reused=old["num_images"], up_to_date=True)
         except PreparedDataError as exc:
-            log(f"rebuilding: {exc}")
+            log(f"rebuilding {root} ({exc.reason}); arrays of unchanged files are kept")
     # From here on the arrays change: the dataset is unfinished until the new manifest.
     if os.path.exists(_manifest_path(root)):
         os.unlink(_manifest_path(root))

@@ -272,7 +272,12 @@ class PreparedSource(HRSource):
         manifest = prepared.read_manifest(self.path)
         prepared.check_arrays(self.path, manifest)
         if folder:
-            prepared.check_source(manifest, folder, recursive)
+            prepared.check_source(manifest, folder, recursive, root=self.path)
+        elif not recursive and manifest.get("recursive", True):
+            raise prepared.PreparedDataError(
+                f"data.recursive=False has no effect on {self.path}: it was prepared "
+                "recursively (data.recursive applies when preparing, and with data.folder)",
+                "prepare the folder again with --no-recursive")
         self.manifest_info = {k: v for k, v in manifest.items() if k not in ("images", "skipped")}
         skipped = dict(manifest.get("skipped", {}))
         for name, reason in skipped.items():
