@@ -146,32 +146,38 @@ def warm_page_cache(paths: list[str]) -> None:
                 pass
 
 
-def page_cache_fraction(paths: list[str]) -> float | None:
-    """Fraction of the files' pages in the page cache (Linux `mincore`); None elsewhere."""
+def resident_pages(path: str) -> np.ndarray | None:
+    """Indices of the file's pages that are in the page cache (Linux `mincore`); None
+    where it cannot be asked. Touches no page."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        mincore = libc.mincore
+        mincore = ctypes.CDLL(None, use_errno=True).mincore
     except (OSError, AttributeError):
         return None
     mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    size = os.path.getsize(path)
+    if not size:
+        return np.zeros(0, np.int64)
+    vec = np.zeros(-(-size // mmap.PAGESIZE), np.uint8)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapped, np.uint8)
+    try:
+        failed = mincore(view.ctypes.data, size, vec.ctypes.data) != 0
+    finally:
+        del view
+        mapped.close()
+    return None if failed else np.flatnonzero(vec & 1)
+
+
+def page_cache_fraction(paths: list[str]) -> float | None:
+    """Fraction of the files' pages in the page cache (Linux `mincore`); None elsewhere."""
     total = resident = 0
     for path in paths:
-        size = os.path.getsize(path)
-        if not size:
-            continue
-        pages = -(-size // mmap.PAGESIZE)
-        vec = np.zeros(pages, np.uint8)
-        with open(path, "rb") as f:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        view = np.frombuffer(mapped, np.uint8)
-        try:
-            if mincore(view.ctypes.data, size, vec.ctypes.data) != 0:
-                return None
-        finally:
-            del view
-            mapped.close()
-        total += pages
-        resident += int(np.count_nonzero(vec & 1))
+        pages = resident_pages(path)
+        if pages is None:
+            return None
+        total += -(-os.path.getsize(path) // mmap.PAGESIZE)
+        resident += len(pages)
     return resident / total if total else None
 
 
